@@ -1,0 +1,27 @@
+import pytest
+import torch
+import torch.distributed as dist
+
+from tests.distributed import run_workers
+
+
+def _sum_of_ranks(rank: int, world_size: int) -> float:
+    value = torch.tensor([float(rank)])
+    dist.all_reduce(value)
+    return value.item()
+
+
+def _fail_on_rank_one(rank: int, world_size: int) -> None:
+    if rank == 1:
+        raise RuntimeError("boom on rank one")
+
+
+@pytest.mark.distributed
+def test_run_workers_joins_a_real_gloo_group():
+    assert run_workers(_sum_of_ranks, 3) == [3.0, 3.0, 3.0]
+
+
+@pytest.mark.distributed
+def test_run_workers_reports_the_failing_rank():
+    with pytest.raises(AssertionError, match="(?s)rank 1 failed.*boom on rank one"):
+        run_workers(_fail_on_rank_one, 2)
