@@ -88,7 +88,9 @@ def run_workers(
             try:
                 rank, ok, value = results.get(timeout=timeout)
             except queue.Empty:
-                raise AssertionError(f"distributed workers timed out after {timeout}s; finished: {sorted(outcomes)}")
+                raise AssertionError(
+                    f"distributed workers timed out after {timeout}s; finished: {sorted(outcomes)}"
+                ) from None
             outcomes[rank] = (ok, value)
             if not ok:
                 raise AssertionError(f"rank {rank} failed:\n{value}")

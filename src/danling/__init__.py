@@ -69,7 +69,7 @@ __all__ = sorted(_EXPORTS)
 def _missing(name: str, distribution: str, error: ImportError) -> ImportError:
     message = (
         f"danling.{name} is provided by the distribution {distribution!r}, which is not installed "
-        f"(or failed to import: {error}). Install it with: pip install {distribution}"
+        f"or does not provide it ({error}). Install it with: pip install {distribution}"
     )
     return ImportError(message, name=f"danling.{name}")
 
@@ -86,11 +86,18 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'danling' has no attribute {name!r}")
     module_name, distribution = _EXPORTS[name]
     try:
-        value = getattr(import_module(module_name), name)
-    except (ImportError, AttributeError) as error:
+        module = import_module(module_name)
+    except ImportError as error:
         if isinstance(error, ModuleNotFoundError) and error.name and not error.name.startswith("danling"):
-            # A third-party dependency of an installed distribution is missing: report it as is.
-            raise
+            raise  # a third-party dependency of an installed distribution is missing: report it as is
+        raise _missing(name, distribution, error) from error
+    try:
+        value = getattr(module, name)
+    except ImportError as error:
+        if distribution in str(error):
+            raise  # the package already said which distribution to install
+        raise _missing(name, distribution, error) from error
+    except AttributeError as error:
         raise _missing(name, distribution, ImportError(str(error))) from error
     globals()[name] = value
     return value

@@ -23,5 +23,5 @@ def test_run_workers_joins_a_real_gloo_group():
 
 @pytest.mark.distributed
 def test_run_workers_reports_the_failing_rank():
-    with pytest.raises(AssertionError, match="(?s)rank 1 failed.*boom on rank one"):
+    with pytest.raises(AssertionError, match=r"(?s)rank 1 failed.*boom on rank one"):
         run_workers(_fail_on_rank_one, 2)
