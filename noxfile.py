@@ -28,41 +28,48 @@ TORCH_VERSIONS = {"2.6": "torch==2.6.*", "2.10": "torch==2.10.*", "latest": "tor
 
 CORE_PACKAGES = ["nestedtensor", "meters", "lrsched", "runner-core"]
 
-# package folder -> what an isolated install must provide, must not pull in, and needs to run its tests.
+# package folder -> its distribution, the packages it ships, what else an isolated install must provide,
+# what it must not pull in, and what its tests need beyond pytest and hypothesis.
 PACKAGES: dict[str, dict[str, list[str] | str]] = {
     "nestedtensor": {
         "distribution": "danling-nestedtensor",
-        "modules": ["danling.tensors"],
+        "own": ["danling.tensors"],
+        "requires": ["torch"],
         "absent": ["danling.metrics", "danling.optim", "danling.runners", "chanfig", "torchdata"],
         "test_deps": [],
     },
     "meters": {
         "distribution": "danling-meters",
-        "modules": ["danling.metrics"],
+        "own": ["danling.metrics"],
+        "requires": ["torch", "chanfig"],
         "absent": ["danling.tensors", "danling.optim", "danling.runners", "torchdata"],
         "test_deps": ["numpy", "scipy", "scikit-learn"],
     },
     "lrsched": {
         "distribution": "danling-lrsched",
-        "modules": ["danling.optim"],
+        "own": ["danling.optim"],
+        "requires": ["torch"],
         "absent": ["danling.tensors", "danling.metrics", "danling.runners", "chanfig", "torchdata"],
         "test_deps": [],
     },
     "runner-core": {
         "distribution": "danling-runner-core",
-        "modules": ["danling.runners", "danling.utils", "danling.data"],
+        "own": ["danling.runners", "danling.utils", "danling.data"],
+        "requires": ["danling.tensors", "danling.metrics", "danling.optim", "torchdata", "safetensors", "tensorboard"],
         "absent": ["danling.runners.deepspeed_runner", "danling.runners.parallel_runner", "deepspeed", "torchft"],
         "test_deps": ["numpy", "scikit-learn"],
     },
     "runner-deepspeed": {
         "distribution": "danling-runner-deepspeed",
-        "modules": ["deepspeed", "danling.runners"],
+        "own": ["danling.runners.deepspeed_runner"],
+        "requires": ["danling.runners", "deepspeed"],
         "absent": ["danling.runners.parallel_runner", "torchft"],
         "test_deps": [],
     },
     "runner-parallel": {
         "distribution": "danling-runner-parallel",
-        "modules": ["torchft", "danling.runners"],
+        "own": ["danling.runners.parallel_runner"],
+        "requires": ["danling.runners", "torchft"],
         "absent": ["danling.runners.deepspeed_runner", "deepspeed"],
         "test_deps": [],
     },
@@ -91,6 +98,10 @@ def _check_modules(session: nox.Session, modules: list[str], *, present: bool) -
         session.error(f"{', '.join(wrong)} {state} the isolated install")
 
 
+def _module_dir(site: Path, module: str) -> Path:
+    return site.joinpath(*module.split("."))
+
+
 @nox.session
 @nox.parametrize("package", list(PACKAGES))
 def isolated(session: nox.Session, package: str) -> None:
@@ -100,22 +111,20 @@ def isolated(session: nox.Session, package: str) -> None:
     session.run("uv", "build", "--all-packages", "--wheel", "--out-dir", str(wheels), "-q", external=True)
     # Sibling distributions come from the freshly built wheels; everything else from the index.
     session.install("--find-links", str(wheels), f"{spec['distribution']}==0.1.0")
-    _check_modules(session, list(spec["modules"]), present=True)
+    # Own packages that exist in the source tree must be importable from the wheel.
+    source = ROOT / "packages" / package / "src"
+    own = [module for module in spec["own"] if _module_dir(source, module).is_dir()]
+    _check_modules(session, [*spec["requires"], *own], present=True)
     _check_modules(session, list(spec["absent"]), present=False)
     session.install(*BASE_TEST_DEPS, *spec["test_deps"])
+    purelib = session.run("python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", silent=True)
+    doctest_dirs = [str(_module_dir(Path(purelib.strip()), module)) for module in own]
     tests_dir = ROOT / "tests" / package.replace("-", "_")
-    site = session.run("python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", silent=True)
-    source_dirs = [
-        str(Path(site.strip(), *module.split(".")))
-        for module in spec["modules"]
-        if module.startswith("danling.") and (Path(site.strip(), *module.split("."))).is_dir()
-    ]
-    has_tests = any(tests_dir.rglob("test_*.py"))
-    if not has_tests and not source_dirs:
-        session.log(f"{package} has no tests and no doctests yet; import checks passed")
+    targets = ([str(tests_dir)] if any(tests_dir.rglob("test_*.py")) else []) + doctest_dirs
+    if not targets:
+        session.log(f"{package} has no modules or tests yet; its install and import checks passed")
         return
-    targets = ([str(tests_dir)] if has_tests else []) + source_dirs
-    # -p no:cacheprovider keeps the checkout clean; tests import the wheel, never packages/*/src.
+    # Tests import the installed wheel, never packages/*/src; -p no:cacheprovider keeps the checkout clean.
     session.run("pytest", "-p", "no:cacheprovider", "-q", *targets, *session.posargs)
 
 
