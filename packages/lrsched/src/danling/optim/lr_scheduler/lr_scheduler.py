@@ -101,7 +101,7 @@ class LRScheduler(TorchLRScheduler):
 
         >>> scheduler
         LRScheduler(linear, scaling=numerical, final_lr_ratio=1e-05, total_steps=5, warmup_steps=0, cooldown_steps=1)
-    """  # noqa: E501
+    """
 
     linear = staticmethod(strategies.linear)
     cosine = staticmethod(strategies.cosine)
@@ -206,22 +206,22 @@ class LRScheduler(TorchLRScheduler):
         if 0 < step < self.warmup_steps:
             envelope: float | None = step / self.warmup_steps
         elif self.cooldown_steps > 0 and step > self.cooldown_steps_begin:
-            envelope = 1.0 - (step - self.cooldown_steps_begin) / self.cooldown_steps
+            envelope = max(1.0 - (step - self.cooldown_steps_begin) / self.cooldown_steps, 0.0)  # min_lr past the end
         else:
             envelope = None
+        percentile = self.scaling == "percentile"
+        final_lr, final_lr_ratio = self.final_lr, self.final_lr_ratio
         rates = []
-        for base_lr in self.base_lrs:
-            lr = self._curve(base_lr, done)
+        for base_lr in self.base_lrs:  # inlined: this runs every step for every group
+            final = final_lr if final_lr is not None else base_lr * final_lr_ratio
+            if percentile:  # geometric interpolation, written without dividing by base_lr
+                lr = base_lr ** (1.0 - done) * final**done
+            else:
+                lr = (1.0 - done) * (base_lr - final) + final
             if envelope is not None:
                 lr = envelope * (lr - min_lr) + min_lr
             rates.append(lr.clamp(min=min_lr) if isinstance(lr, Tensor) else max(min_lr, lr))
         return rates
-
-    def _curve(self, base_lr: float | Tensor, done: float) -> float | Tensor:
-        final_lr = self.final_lr if self.final_lr is not None else base_lr * self.final_lr_ratio
-        if self.scaling == "percentile":
-            return base_lr ** (1.0 - done) * final_lr**done
-        return (1.0 - done) * (base_lr - final_lr) + final_lr
 
     def state_dict(self) -> dict[str, Any]:
         """The scheduler's state: counters, settings and rates, all plain data.

@@ -57,13 +57,15 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
     "linear": _ours("linear"),
     "cosine": _ours("cosine"),
     "constant": _ours("constant"),
-    "lr_scheduler": SchedulerEntry(LRScheduler, total_steps_argument="total_steps", aliases=("LRScheduler",)),
+    "lr_scheduler": SchedulerEntry(LRScheduler, total_steps_argument="total_steps"),
     "step": SchedulerEntry(lr_scheduler.StepLR, aliases=("StepLR",)),
     "multistep": SchedulerEntry(lr_scheduler.MultiStepLR, aliases=("MultiStepLR",)),
     "exponential": SchedulerEntry(lr_scheduler.ExponentialLR, aliases=("ExponentialLR",)),
-    "polynomial": SchedulerEntry(lr_scheduler.PolynomialLR, total_steps_argument="total_iters", aliases=("PolynomialLR",)),
-    "linear_lr": SchedulerEntry(lr_scheduler.LinearLR, aliases=("LinearLR",)),
-    "constant_lr": SchedulerEntry(lr_scheduler.ConstantLR, aliases=("ConstantLR",)),
+    "polynomial": SchedulerEntry(
+        lr_scheduler.PolynomialLR, total_steps_argument="total_iters", aliases=("PolynomialLR",)
+    ),
+    "linear_lr": SchedulerEntry(lr_scheduler.LinearLR),
+    "constant_lr": SchedulerEntry(lr_scheduler.ConstantLR),
     "cosine_annealing": SchedulerEntry(
         lr_scheduler.CosineAnnealingLR, total_steps_argument="T_max", aliases=("CosineAnnealingLR",)
     ),
@@ -144,7 +146,7 @@ def build_scheduler(
         Traceback (most recent call last):
         ...
         ValueError: scheduler 'step' (StepLR) does not accept ['warmup_steps']; it accepts ['gamma', 'last_epoch', 'step_size'...]
-    """  # noqa: E501
+    """
     arguments = dict(config)
     name, entry = lookup_scheduler(arguments.pop("type", None))
     interval = normalize_scheduler_interval(arguments.pop("interval", None), requires_metric=entry.requires_metric)
@@ -222,9 +224,12 @@ def _check_arguments(name: str, entry: SchedulerEntry, arguments: Mapping[str, A
     if not any(p.kind is p.VAR_KEYWORD for p in parameters):
         unknown = sorted(set(arguments) - accepted)
         if unknown:
-            fixed_note = f" ({', '.join(f'{k}={v!r}' for k, v in fixed.items())} is fixed by its type)" if fixed else ""
+            clash = [f"{key}={fixed[key]!r}" for key in unknown if key in fixed]
+            fixed_note = f" ({', '.join(clash)} is fixed by its type)" if clash else ""
             raise ValueError(f"{label} does not accept {unknown}{fixed_note}; it accepts {sorted(accepted)}")
-    required = [p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    required = [
+        p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
     missing = [argument for argument in required if argument not in arguments]
     if missing:
         hint = ""

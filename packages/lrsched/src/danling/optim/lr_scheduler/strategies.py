@@ -43,7 +43,7 @@ def cosine(progress: float) -> float:
     return (1.0 - cos(pi * progress)) / 2.0
 
 
-def constant(progress: float) -> float:  # noqa: ARG001 - every strategy takes the progress
+def constant(progress: float) -> float:
     """Never decay: the curve stays at the base rate (warmup and cooldown still apply).
 
     Examples:
