@@ -224,6 +224,24 @@ def test_tensor_learning_rates_are_updated_in_place():
             scheduler.step()
         assert optimizer.param_groups[0]["lr"] is lr_tensor
         assert lr_tensor.item() == pytest.approx(floats.lr_at(step)[0], rel=1e-6)
+    assert scheduler.base_lrs[0] is not lr_tensor
+    assert scheduler.base_lrs[0].item() == 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_parameters_with_fused_adamw_and_a_tensor_lr():
+    weight = torch.ones(4, device="cuda", requires_grad=True)
+    optimizer = torch.optim.AdamW([weight], lr=torch.tensor(0.01), fused=True)
+    scheduler = LRScheduler(optimizer, total_steps=10, warmup_steps=3)
+    floats = LRScheduler(make_optimizer(0.01), total_steps=10, warmup_steps=3)
+    for step in range(1, 11):
+        if step > 1:
+            scheduler.step()
+        assert optimizer.param_groups[0]["lr"].item() == pytest.approx(floats.lr_at(step)[0], rel=1e-6)
+        weight.square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert torch.isfinite(weight).all()
 
 
 def test_zero_base_rate_with_percentile_scaling_gives_min_lr():

@@ -157,6 +157,10 @@ class LRScheduler(TorchLRScheduler):
         self.warmup_steps = warmup_steps
         self.cooldown_steps = cooldown_steps
         self.cooldown_steps_begin = total_steps - cooldown_steps
+        if last_epoch == -1:  # torch < 2.7 keeps a tensor lr itself as initial_lr, then fills it in place
+            for group in optimizer.param_groups:
+                lr = group["lr"]
+                group.setdefault("initial_lr", lr.clone() if isinstance(lr, Tensor) else lr)
         super().__init__(optimizer, last_epoch)
 
     @classmethod
