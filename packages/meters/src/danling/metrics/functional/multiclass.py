@@ -107,27 +107,27 @@ def _one_vs_rest(
         )
     check_labels(target, num_classes, ignore_index, "class labels")
     valid = (target >= 0) & (target < num_classes)
-    positive = torch.nn.functional.one_hot(torch.where(valid, target, 0).to(torch.int64), num_classes)
-    weight = valid.unsqueeze(1).expand_as(positive)
+    positive = target.unsqueeze(1) == torch.arange(num_classes, device=target.device)
+    mask = valid.unsqueeze(1).expand_as(positive)
     probabilities = to_probabilities(input, dim=-1)
     if average == "micro":
-        return probabilities.reshape(-1, 1), positive.reshape(-1, 1), weight.reshape(-1, 1)
-    return probabilities, positive, weight
+        return probabilities.reshape(-1, 1), positive.reshape(-1, 1), mask.reshape(-1, 1)
+    return probabilities, positive, mask
 
 
 def multiclass_auroc(
     input: Any, target: Any, num_classes: int, *, average: RankingAverage = "macro", ignore_index: int | None = -100
 ) -> Tensor:
     """One-vs-rest ROC AUC per class (NaN for a class absent from the targets), averaged as asked."""
-    probabilities, positive, weight = _one_vs_rest(input, target, num_classes, ignore_index, average)
-    values = roc_auc(probabilities, positive, weight)
-    return values.squeeze(0) if average == "micro" else average_columns(values, (positive * weight).sum(0), average)
+    probabilities, positive, mask = _one_vs_rest(input, target, num_classes, ignore_index, average)
+    values = roc_auc(probabilities, positive, mask)
+    return values.squeeze(0) if average == "micro" else average_columns(values, (positive & mask).sum(0), average)
 
 
 def multiclass_auprc(
     input: Any, target: Any, num_classes: int, *, average: RankingAverage = "macro", ignore_index: int | None = -100
 ) -> Tensor:
     """One-vs-rest average precision per class, averaged as asked."""
-    probabilities, positive, weight = _one_vs_rest(input, target, num_classes, ignore_index, average)
-    values = average_precision(probabilities, positive, weight)
-    return values.squeeze(0) if average == "micro" else average_columns(values, (positive * weight).sum(0), average)
+    probabilities, positive, mask = _one_vs_rest(input, target, num_classes, ignore_index, average)
+    values = average_precision(probabilities, positive, mask)
+    return values.squeeze(0) if average == "micro" else average_columns(values, (positive & mask).sum(0), average)

@@ -132,25 +132,25 @@ def _label_columns(
 ) -> tuple[Tensor, Tensor, Tensor]:
     input, target = multilabel_inputs(input, target, num_labels)
     check_labels(target, 2, ignore_index, "multilabel targets")
-    probabilities, positive, weight = to_probabilities(input), target == 1, (target == 0) | (target == 1)
+    probabilities, positive, mask = to_probabilities(input), target == 1, (target == 0) | (target == 1)
     if average == "micro":
-        return probabilities.reshape(-1, 1), positive.reshape(-1, 1), weight.reshape(-1, 1)
-    return probabilities, positive, weight
+        return probabilities.reshape(-1, 1), positive.reshape(-1, 1), mask.reshape(-1, 1)
+    return probabilities, positive, mask
 
 
 def multilabel_auroc(
     input: Any, target: Any, num_labels: int, *, average: RankingAverage = "macro", ignore_index: int | None = -100
 ) -> Tensor:
     """ROC AUC of each label (NaN for a label with one class only), averaged as asked."""
-    probabilities, positive, weight = _label_columns(input, target, num_labels, ignore_index, average)
-    values = roc_auc(probabilities, positive, weight)
-    return values.squeeze(0) if average == "micro" else average_columns(values, (positive * weight).sum(0), average)
+    probabilities, positive, mask = _label_columns(input, target, num_labels, ignore_index, average)
+    values = roc_auc(probabilities, positive, mask)
+    return values.squeeze(0) if average == "micro" else average_columns(values, (positive & mask).sum(0), average)
 
 
 def multilabel_auprc(
     input: Any, target: Any, num_labels: int, *, average: RankingAverage = "macro", ignore_index: int | None = -100
 ) -> Tensor:
     """Average precision of each label (NaN for a label without positives), averaged as asked."""
-    probabilities, positive, weight = _label_columns(input, target, num_labels, ignore_index, average)
-    values = average_precision(probabilities, positive, weight)
-    return values.squeeze(0) if average == "micro" else average_columns(values, (positive * weight).sum(0), average)
+    probabilities, positive, mask = _label_columns(input, target, num_labels, ignore_index, average)
+    values = average_precision(probabilities, positive, mask)
+    return values.squeeze(0) if average == "micro" else average_columns(values, (positive & mask).sum(0), average)

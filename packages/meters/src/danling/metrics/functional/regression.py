@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .inputs import check_no_nan_targets, regression_inputs
-from .ranking import tie_groups
+from .ranking import order_keys, tie_groups
 
 RegressionAverage = Literal["macro"] | None
 
@@ -108,9 +108,11 @@ def _average_ranks(values: Tensor, weight: Tensor) -> Tensor:
 
     Entries of weight 0 sort after all others, so they never shift the ranks of real entries.
     """
-    sorted_values, order = torch.where(weight > 0, values, math.inf).sort(dim=0)
-    first, last = tie_groups(sorted_values)
-    return torch.empty_like(values).scatter_(0, order, (first + last).to(values.dtype) / 2 + 1)
+    masked = torch.where(weight > 0, values, math.inf).T  # columns as rows: one sort ranks them all
+    sorted_keys, order = order_keys(masked).sort(dim=-1)
+    first, last = tie_groups(sorted_keys)
+    ranks = (first + last).to(values.dtype) / 2 + 1
+    return torch.empty_like(masked).scatter_(-1, order, ranks).T
 
 
 def spearman(input: Any, target: Any, *, average: RegressionAverage = "macro", ignore_nan: bool = False) -> Tensor:
