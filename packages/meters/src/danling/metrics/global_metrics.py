@@ -8,7 +8,8 @@ the batch's device; all communication and metric math happens when a result is r
 Across ranks, ``average()`` gathers predictions of any length from every rank (only the rows
 added since the previous gather travel again) and sums the confusion matrices; the result is
 the metric on the concatenated data, in rank order.  ``batch()`` does the same for the latest
-batch only.  Results are cached until the next update.
+batch only.  Results are cached until some rank updates; every rank must read ``bat``/``avg``
+together, as for any collective.
 
 Unlike the reference implementation, results are Python floats when they have one element
 (tensors otherwise), the same as for ``StreamMetrics``, so the two mix in ``MultiTaskMetrics``.
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 from typing_extensions import Self
 
-from .distributed import all_reduce_sum, gather_rows, reduction_device, world_size
+from .distributed import all_reduce_max, all_reduce_sum, gather_rows, reduction_device, world_size
 from .functional.inputs import as_tensors
 from .metric_func import MetricFunc, iter_metric_funcs, merge_metric_entries
 from .preprocess import base_preprocess, detach
@@ -167,8 +168,8 @@ class GlobalMetrics:
 
     def average(self) -> RoundDict:
         """Metrics of every batch of every rank since the last reset (cached until the next update)."""
+        self.sync()
         if self._cache is None:
-            self.sync()
             state, count = self._synced
             self._cache = self._evaluate(state, count)
         return RoundDict(self._cache)
@@ -205,10 +206,20 @@ class GlobalMetrics:
         )
 
     def sync(self) -> None:
-        """Bring every rank's data together (collective); a no-op until the next update."""
-        if self._synced is not None:
+        """Bring every rank's data together (collective); cheap while no rank has new data.
+
+        Whether to gather is agreed on by all ranks (one small ``all_reduce``), so a rank without
+        new batches still takes part in every collective its peers start.
+        """
+        distributed = world_size(self.distributed) > 1
+        if distributed:
+            stale = torch.tensor([self._synced is None], dtype=torch.int64, device=reduction_device(self.device))
+            if not all_reduce_max(stale).item():
+                return
+        elif self._synced is not None:
             return
-        if world_size(self.distributed) == 1:
+        self._cache = None
+        if not distributed:
             self._synced = (self._local_state(), self._local_count)
             return
         preds = targets = None
