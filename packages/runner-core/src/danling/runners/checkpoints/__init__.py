@@ -1,0 +1,38 @@
+"""Checkpoint managers: decide when to save, write atomically, and find checkpoints again.
+
+- ``CheckpointManager`` (``base``): cadence, payload collection, background writer, health.
+- ``FileCheckpointManager`` (``file``): ``torch.save`` files with ``latest``/``best``/history
+  aliases, ``keep_latest_k`` retention; ``load_checkpoint``, ``resolve_checkpoint_path`` and
+  ``read_config`` for loading without a manager.
+- ``save_model_state`` / ``load_model_state`` (``export``): model weights as safetensors.
+"""
+
+from .base import (
+    BackgroundWriter,
+    CheckpointHealth,
+    CheckpointManager,
+    CheckpointNotFoundError,
+    SaveRequest,
+    collect_state,
+    resolve_checkpoint_interval,
+    snapshot,
+)
+from .export import load_model_state, save_model_state
+from .file import FileCheckpointManager, load_checkpoint, read_config, resolve_checkpoint_path
+
+__all__ = [
+    "BackgroundWriter",
+    "CheckpointHealth",
+    "CheckpointManager",
+    "CheckpointNotFoundError",
+    "FileCheckpointManager",
+    "SaveRequest",
+    "collect_state",
+    "load_checkpoint",
+    "load_model_state",
+    "read_config",
+    "resolve_checkpoint_interval",
+    "resolve_checkpoint_path",
+    "save_model_state",
+    "snapshot",
+]
