@@ -82,6 +82,23 @@ def test_dataloader_section_keeps_only_what_was_set():
     assert later.dataloader.dict() == {"batch_size": 4, "train": {"shuffle": False}}
 
 
+def test_loading_a_file_keeps_its_values_over_subclass_defaults(tmp_path):
+    class Experiment(RunnerConfig):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.optim.lr = 1e-3
+            self.checkpoint.keep_latest_k = 3
+
+    config = Experiment().parse(["--optim.lr", "0.01", "--epochs", "4"])
+    config.yaml(tmp_path / "config.yaml")
+    loaded = Experiment.from_yaml(tmp_path / "config.yaml")
+    assert type(loaded) is Experiment and loaded == config and loaded.optim.lr == 0.01
+    assert isinstance(loaded.checkpoint, CheckpointConfig) and loaded.checkpoint.keep_latest_k == 3
+    (tmp_path / "bad.yaml").write_text("steps: 3\nepochs: 4\n")
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        Experiment.from_yaml(tmp_path / "bad.yaml")
+
+
 def test_attribute_item_and_dotted_access():
     config = RunnerConfig({"parallel.axes.tensor": 2, "compile": {"options": {"trace.enabled": True}}})
     assert config.parallel.axes.tensor == 2 and config["parallel"]["axes"]["shard"] == 1

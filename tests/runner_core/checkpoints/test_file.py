@@ -92,6 +92,25 @@ def test_retention_continues_after_a_restart(tmp_path):
     assert _files(resumed) == ["ckpt-e000002.pth", "ckpt-e000003.pth", "latest.pth"]
 
 
+def test_without_fsync_saves_are_still_atomic_and_loadable(tmp_path):
+    manager = FileCheckpointManager(tmp_path, {**SYNC, "fsync": False}, interval=1)
+    manager.save(_components(1), progress=1)
+    manager.save(_components(2), progress=2)
+    assert _files(manager) == ["ckpt-e000001.pth", "ckpt-e000002.pth", "latest.pth"]
+    assert _step_of(manager.load()) == 2
+
+
+def test_only_the_main_process_cleans_up_temporaries(tmp_path, monkeypatch):
+    stale = tmp_path / "latest.pth.tmp-999999999-1"  # no such process
+    stale.write_bytes(b"partial")
+    monkeypatch.setenv("RANK", "1")
+    FileCheckpointManager(tmp_path, SYNC)
+    assert stale.exists()
+    monkeypatch.setenv("RANK", "0")
+    FileCheckpointManager(tmp_path, SYNC)
+    assert not stale.exists()
+
+
 def test_load_only_never_writes(tmp_path):
     manager = FileCheckpointManager(tmp_path, {**SYNC, "load_only": True}, interval=1)
     assert not manager.save(_components(1), progress=1, force=True, last_step=True)

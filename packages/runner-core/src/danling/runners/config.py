@@ -83,6 +83,7 @@ NON_SEMANTIC_CHECKPOINT_KEYS = frozenset(
         "last_save_model_only",
         "export_dtype",
         "fail_on_error",
+        "fsync",
     }
 )
 #: ``precision`` spellings -> autocast dtype name.
@@ -252,10 +253,18 @@ class RunnerConfig(chanfig.Config):
 
     @classmethod
     def from_dict(cls, obj: Any) -> Any:
-        """Build from a mapping so nested sections get their declared types (used by ``from_yaml``/``from_json``)."""
-        if isinstance(obj, Mapping):
-            return cls(obj)
-        return super().from_dict(obj)
+        """
+        Build from a mapping (``from_yaml``/``from_json`` land here): defaults first, then ``obj`` on top.
+
+        Starting from ``cls()`` keeps defaults a subclass sets in ``__init__`` from overriding the
+        loaded values, and gives nested sections their declared types.
+        """
+        if not isinstance(obj, Mapping):
+            return super().from_dict(obj)
+        config = cls()
+        config.merge(obj)
+        config.validate()
+        return config
 
     def post(self) -> None:
         """Hook run after ``parse()``; subclasses derive values here and call ``super().post()``."""

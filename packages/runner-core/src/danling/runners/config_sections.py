@@ -130,6 +130,9 @@ class CheckpointConfig(chanfig.Config):
         export_dtype: Cast floating-point weights of the model export to this dtype
             (``fp32``/``fp16``/``bf16``/``fp64`` and their long names).
         fail_on_error: Raise checkpoint write failures instead of warning and carrying on.
+        fsync: Flush each checkpoint to disk before it replaces the previous one, so even a power
+            cut cannot leave a truncated file.  Without it a crashed or killed process still never
+            leaves a partial checkpoint (the replacement is atomic either way), and saves are faster.
     """
 
     dir_name: str = "checkpoints"
@@ -149,6 +152,7 @@ class CheckpointConfig(chanfig.Config):
     last_save_model_only: bool = False
     export_dtype: str | None = None
     fail_on_error: bool = False
+    fsync: bool = True
 
     def validate(self) -> None:
         super().validate()

@@ -38,6 +38,7 @@ def save_model_state(
     *,
     dtype: torch.dtype | str | None = None,
     metadata: Mapping[str, str] | None = None,
+    fsync: bool = True,
 ) -> str:
     r"""
     Write a model's ``state_dict`` to ``path`` as safetensors, atomically; return the path.
@@ -48,6 +49,7 @@ def save_model_state(
         dtype: Cast floating-point tensors to this dtype (``torch.bfloat16`` or ``"bfloat16"``);
             integer buffers (step counters, indices) keep their dtype.
         metadata: Extra string metadata stored in the header.
+        fsync: Flush the file to disk before it replaces an existing one.
 
     Raises:
         TypeError: an entry is not a tensor.
@@ -87,7 +89,7 @@ def save_model_state(
     header = {"format": "pt", **(metadata or {})}
     if aliases:
         header[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
-    with atomic_path(path) as temporary:
+    with atomic_path(path, fsync=fsync) as temporary:
         save_file(tensors, temporary, metadata=header)
     return str(path)
 

@@ -30,6 +30,7 @@ import torch
 from ...utils import PathStr, atomic_link, atomic_write, remove_stale_temporaries
 from ..config import RunnerConfig
 from ..config_sections import CheckpointConfig
+from ..utils import is_main_process
 from .base import CheckpointManager, CheckpointNotFoundError, SaveRequest
 from .export import load_model_state, save_model_state
 
@@ -119,7 +120,8 @@ class FileCheckpointManager(CheckpointManager):
     r"""
     Checkpoints as ``torch.save`` files with ``latest``, ``best`` and history aliases.
 
-    Construction creates ``directory``, removes temporary files left by crashed processes, and
+    Construction creates ``directory``, removes temporary files left by crashed processes (on the
+    main process, which is the one that writes; call ``save`` there only), and
     picks up existing history files so ``keep_latest_k`` keeps counting across restarts.  See
     ``CheckpointManager`` for the arguments and ``save``.
 
@@ -148,7 +150,8 @@ class FileCheckpointManager(CheckpointManager):
         if self.async_mode == "async_with_pinned_mem":
             self.async_mode = "async"  # the snapshot in ``save`` is already a host copy
         os.makedirs(self.directory, exist_ok=True)
-        remove_stale_temporaries(self.directory)
+        if is_main_process():  # the process that writes; others may sit on hosts where its pid means nothing
+            remove_stale_temporaries(self.directory)
         self.history: deque[str] = deque(sorted(entry for entry in os.listdir(self.directory) if _HISTORY.match(entry)))
 
     def path(self, name: str) -> str:
@@ -157,7 +160,7 @@ class FileCheckpointManager(CheckpointManager):
 
     def _persist(self, request: SaveRequest) -> None:
         target = self.path(request.name)
-        with atomic_write(target) as file:
+        with atomic_write(target, fsync=self.config.fsync) as file:
             torch.save(request.payload, file)
         aliases = [os.path.basename(target)]
         if request.history is not None and self._alias(target, self.path(request.history)):
@@ -193,9 +196,8 @@ class FileCheckpointManager(CheckpointManager):
 
         Synchronous; returns the path.  Load it with ``load_model`` (or any safetensors reader).
         """
-        return save_model_state(
-            model_state, os.path.join(self.directory, name), dtype=self.config.resolved_export_dtype()
-        )
+        path = os.path.join(self.directory, name)
+        return save_model_state(model_state, path, dtype=self.config.resolved_export_dtype(), fsync=self.config.fsync)
 
     def load_model(self, source: PathStr = MODEL_EXPORT) -> dict[str, torch.Tensor]:
         """Read an exported model (a name in ``directory`` or a path) as ``{name: tensor}``."""
