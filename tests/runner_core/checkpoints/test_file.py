@@ -20,6 +20,7 @@ from danling.runners.checkpoints import (
     read_config,
     resolve_checkpoint_path,
 )
+from danling.runners.checkpoints.file import MODEL_EXPORT
 from danling.runners.config import RunnerConfig
 from danling.runners.state import RunnerState
 
@@ -133,6 +134,22 @@ def test_async_saves_land_in_order_with_snapshots(tmp_path):
     assert manager.health.error_count == 0
 
 
+def test_pending_async_saves_are_written_before_the_interpreter_exits(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        from danling.runners.checkpoints import FileCheckpointManager
+        manager = FileCheckpointManager(sys.argv[1], {"async_mode": "async"}, interval=1)
+        for epoch in range(1, 4):
+            manager.save({"model": {"weight": torch.full((256, 256), float(epoch))}}, progress=epoch)
+        # no wait() or close(): the script just ends
+        """
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=120)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-e000001.pth", "ckpt-e000002.pth", "ckpt-e000003.pth", "latest.pth"]
+    assert torch.all(load_checkpoint("latest", tmp_path)["model"]["weight"] == 3)
+
+
 def test_pinned_memory_mode_falls_back_to_async(tmp_path):
     manager = FileCheckpointManager(tmp_path, {"async_mode": "async_with_pinned_mem"}, interval=1)
     assert manager.async_mode == "async"
@@ -220,6 +237,7 @@ def test_final_save_exports_the_model(tmp_path):
     assert _files(manager) == ["ckpt-e000002.pth", "latest.pth", "model.safetensors"]
     weights = manager.load_model()
     assert weights["weight"].dtype == torch.bfloat16 and torch.all(weights["weight"] == 7)
+    assert torch.equal(load_checkpoint(MODEL_EXPORT, tmp_path)["model"]["weight"], weights["weight"])
     assert _step_of(manager.load("latest")) == 7  # the full checkpoint stays resumable
     with pytest.raises(CheckpointNotFoundError, match=r"model export 'other\.safetensors' does not exist"):
         manager.load_model("other.safetensors")

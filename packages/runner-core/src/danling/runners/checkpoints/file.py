@@ -77,13 +77,17 @@ def load_checkpoint(
 
     ``weights_only=True`` (the default) unpickles only tensors and plain containers, so a
     malicious file cannot run code; checkpoints written by this package load that way.  Pass
-    ``weights_only=False`` for a trusted file that holds other Python objects.
+    ``weights_only=False`` for a trusted file that holds other Python objects.  A ``.safetensors``
+    file (a model export) loads as ``{"model": {name: tensor}}``.
 
     Raises:
         CheckpointNotFoundError: ``source`` does not exist.
         pickle.UnpicklingError: the file needs ``weights_only=False``; the message says which object.
     """
     path = resolve_checkpoint_path(source, directory)
+    if path.endswith(".safetensors"):
+        device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
+        return {"model": load_model_state(path, device=device)}
     try:
         payload = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except pickle.UnpicklingError as error:
