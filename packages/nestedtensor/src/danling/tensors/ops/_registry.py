@@ -1,0 +1,273 @@
+r"""
+Dispatch tables of NestedTensor: which handler runs for a torch function or an aten op.
+
+How a call reaches a handler
+============================
+
+``NestedTensor`` has two entry points, both thin: they look the call up here.
+
+1. ``__torch_function__`` sees every Python-level call on a NestedTensor (``torch.sum(nt)``,
+   ``nt.sum()``, ``nt[0]``, ``F.linear(nt, w)``, property getters), before autograd and before
+   composite ops decompose. ``TORCH_FUNCTIONS`` maps the Python callable (``torch.sum``,
+   ``torch.Tensor.sum``, ``torch.Tensor.__getitem__``, ``F.linear``: register every alias you handle)
+   to a handler called as ``handler(*args, **kwargs)``. On a miss the call continues into C++ with
+   torch-function handling switched off; calls that only read metadata (``nt.is_cuda``) end there.
+2. Calls that compute reach ``__torch_dispatch__`` as one aten overload each (``aten.sum.dim_IntList``),
+   with normalised arguments. ``ATEN_OPS`` maps overloads to handlers called as
+   ``handler(func, args, kwargs)``. A miss consults the rules registered with
+   [`aten_rule`][danling.tensors.ops._registry.aten_rule] (every op tagged ``torch.Tag.pointwise`` runs
+   on the packed values, see ``elementwise.py``) and memoises the answer; with no rule,
+   [`per_element_fallback`][danling.tensors.ops._fallback.per_element_fallback] runs the op on every
+   element and packs the results, so every torch function works on a NestedTensor.
+
+Prefer the aten level: arguments are normalised (one signature per overload) and composite ops
+(``torch.swapaxes``, ``Tensor.T``, ``torch.allclose``...) arrive as the primitives you implement.
+Use the torch level when decomposition loses meaning (``reshape`` and ``flatten`` arrive as
+``view`` with sizes computed from the padded shape), for speed on the hottest calls (it skips the
+trip through C++), or when the op returns plain tensors that are views (``nt[0]``, ``unbind``).
+
+Autograd lives on the packed values
+===================================
+
+The wrapper never requires grad; ``nt._values`` does, and ``nt.requires_grad``/``nt.grad`` read it.
+Torch-level handlers run above autograd, so whatever they compute on ``_values`` is recorded.
+Aten-level handlers run below the wrapper's autograd, so ``dispatch_aten`` re-enables autograd for
+their inner computation (see ``inner_autograd``). Either way a handler only computes on real
+tensors and never writes a backward formula: gradients of ``nt.sum()``, ``nt.tensor`` or
+``nt * w`` reach the tensors the NestedTensor was built from.
+
+Writing a handler
+=================
+
+A handler module (one per op family, imported by ``ops/__init__.py``) looks like::
+
+    from ._packed import apply_packed, element_dim
+    from ._registry import implements, implements_aten
+
+    @implements_aten(torch.ops.aten.tanh.default)
+    def tanh(func, args, kwargs):
+        return apply_packed(func, args[0], *args[1:], **kwargs)
+
+    @implements(torch.cumsum, torch.Tensor.cumsum)
+    def cumsum(input, dim, *, dtype=None):
+        ...
+
+Helpers for handlers live in ``_packed.py``:
+
+- ``is_nested(x)``, ``same_layout(a, b)``: type and layout checks;
+- ``packed_like(nt, values, layout=None)``: wrap new values in ``nt``'s layout and configuration
+  (trailing dims may change size, e.g. after a linear layer on a static last dim);
+- ``apply_packed(func, nt, *args, **kwargs)``: ``packed_like(nt, func(nt._values, ...))``;
+- ``unwrap_packed(args, kwargs)``: replace NestedTensors by their values and align dense operands
+  with the packed rows, or ``None`` when the operands do not line up;
+- ``element_dim(nt, dim)``: logical dim -> element dim (``ValueError`` for the batch dim);
+- ``from_elements(tensors, like=nt)``: pack a list of per-element results;
+- ``per_element_fallback(func, args, kwargs)`` (in ``_fallback.py``): the generic slow path.
+
+Layout objects (``nt._layout``, ``_layout.py``) answer which element dims are ragged or static,
+where a static dim sits in ``values`` (``values_dim``), and give cached per-device index tensors
+(``row_batch_index``, ``row_coordinates``, ``padded_row_index``, ``valid_mask``).
+
+Rules of the house: no Python loop over elements except in a documented per-element path (guard it
+with ``check_slow_path`` so tests can forbid it with ``forbid_slow_paths()``); metadata stays on the
+CPU and is copied to the device once per layout; aten handlers that return plain tensors must not
+return views of ``_values`` (the wrapper's autograd kernel would re-register them as views of the
+wrapper), so element views are served at the torch level.
+
+``torch.compile``: a handler registered without ``compile_safe=True`` raises ``NotImplementedError``
+while dynamo traces, instead of silently running eagerly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+from torch._C import DispatchKey
+
+AtenHandler = Callable[[Any, tuple, dict], Any]
+
+TORCH_FUNCTIONS: dict[Callable, Callable] = {}
+"""Python-level callables (``torch.sum``, ``torch.Tensor.__getitem__``) -> ``handler(*args, **kwargs)``."""
+
+ATEN_OPS: dict[torch._ops.OpOverload, AtenHandler] = {}
+"""Aten overloads (``aten.sum.dim_IntList``) -> ``handler(func, args, kwargs)``."""
+
+ATEN_RULES: list[tuple[Callable[[torch._ops.OpOverload], bool], AtenHandler]] = []
+"""``(predicate, handler)`` pairs consulted, in order, for overloads missing from ``ATEN_OPS``."""
+
+COMPILE_SAFE: set = set()
+"""Functions and overloads whose handler may run while ``torch.compile`` traces."""
+
+_resolved: dict[torch._ops.OpOverload, AtenHandler] = {}
+
+
+def implements(*funcs: Callable, compile_safe: bool = False) -> Callable[[Callable], Callable]:
+    r"""
+    Register a torch-level handler for each of ``funcs`` (a torch function, a ``Tensor`` method, ...).
+
+    Examples:
+        >>> @implements(torch.Tensor.element_size)
+        ... def element_size(self):
+        ...     return self._values.element_size()
+        >>> TORCH_FUNCTIONS[torch.Tensor.element_size] is element_size
+        True
+        >>> del TORCH_FUNCTIONS[torch.Tensor.element_size]
+    """
+
+    def register(handler: Callable) -> Callable:
+        for func in funcs:
+            TORCH_FUNCTIONS[func] = handler
+            if compile_safe:
+                COMPILE_SAFE.add(func)
+        return handler
+
+    return register
+
+
+def _overloads(op: torch._ops.OpOverload | torch._ops.OpOverloadPacket) -> list[torch._ops.OpOverload]:
+    if isinstance(op, torch._ops.OpOverloadPacket):
+        return [getattr(op, name) for name in op.overloads()]
+    return [op]
+
+
+def implements_aten(
+    *ops: torch._ops.OpOverload | torch._ops.OpOverloadPacket, compile_safe: bool = False
+) -> Callable[[AtenHandler], AtenHandler]:
+    r"""
+    Register an aten-level handler for each overload in ``ops`` (a packet registers all its overloads).
+
+    Examples:
+        >>> @implements_aten(torch.ops.aten.sgn)
+        ... def sgn(func, args, kwargs):
+        ...     raise NotImplementedError
+        >>> ATEN_OPS[torch.ops.aten.sgn.default] is sgn
+        True
+        >>> for op in _overloads(torch.ops.aten.sgn):
+        ...     del ATEN_OPS[op]
+    """
+
+    def register(handler: AtenHandler) -> AtenHandler:
+        for op in ops:
+            for overload in _overloads(op):
+                ATEN_OPS[overload] = handler
+                _resolved.pop(overload, None)
+                if compile_safe:
+                    COMPILE_SAFE.add(overload)
+        return handler
+
+    return register
+
+
+def aten_rule(predicate: Callable[[torch._ops.OpOverload], bool]) -> Callable[[AtenHandler], AtenHandler]:
+    r"""
+    Register a handler for every overload that ``predicate`` accepts and ``ATEN_OPS`` does not list.
+
+    Examples:
+        >>> @aten_rule(lambda op: op.name().startswith("aten::special_never_called"))
+        ... def never(func, args, kwargs):
+        ...     raise NotImplementedError
+        >>> ATEN_RULES.pop()[1] is never
+        True
+    """
+
+    def register(handler: AtenHandler) -> AtenHandler:
+        ATEN_RULES.append((predicate, handler))
+        _resolved.clear()
+        return handler
+
+    return register
+
+
+def resolve_aten(func: torch._ops.OpOverload) -> AtenHandler:
+    """The handler ``__torch_dispatch__`` runs for ``func``: its entry, a matching rule, or the fallback."""
+    handler = ATEN_OPS.get(func) or _resolved.get(func)
+    if handler is not None:
+        return handler
+    from ._fallback import per_element_fallback
+
+    handler = next((rule for predicate, rule in ATEN_RULES if predicate(func)), per_element_fallback)
+    _resolved[func] = handler
+    return handler
+
+
+def compile_unsupported(op: object, detail: str) -> None:
+    """Raise the error that tells a ``torch.compile`` user which op has no traceable handler yet."""
+    raise NotImplementedError(f"NestedTensor compile-safe path not implemented for {op}: {detail}")
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+# ---------------------------------------------------------------------------- autograd on values
+
+_AUTOGRAD_KEYS = (
+    DispatchKey.AutogradFunctionality,
+    DispatchKey.AutogradOther,
+    DispatchKey.AutogradNestedTensor,
+    DispatchKey.ADInplaceOrView,
+)
+
+
+def inner_autograd() -> contextlib.AbstractContextManager:
+    r"""
+    Re-enable autograd for computations on packed values inside ``__torch_dispatch__``.
+
+    The wrapper's autograd kernel excludes the autograd dispatch keys before it calls
+    ``__torch_dispatch__``; handlers compute on ``_values``, which carry the graph, so the keys are
+    restored (unless grad mode is off or inference mode is on, where they must stay excluded).
+    """
+    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+        return contextlib.nullcontext()
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in _AUTOGRAD_KEYS:
+        exclude = exclude.remove(key)
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
+
+
+def dispatch_aten(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+    """Body of ``NestedTensor.__torch_dispatch__``: run the handler resolved for ``func``."""
+    handler = resolve_aten(func)
+    if func not in COMPILE_SAFE and _is_compiling():
+        if func in ATEN_OPS:
+            compile_unsupported(func, "aten handler is marked eager-only")
+        compile_unsupported(func, "would fall back to per-element eager execution")
+    with inner_autograd():
+        return handler(func, args, kwargs)
+
+
+# ---------------------------------------------------------------------------- slow-path guard
+
+_forbidden: ContextVar[bool] = ContextVar("danling_nested_forbid_slow_paths", default=False)
+
+
+@contextlib.contextmanager
+def forbid_slow_paths() -> Iterator[None]:
+    r"""
+    Make per-element Python loops raise inside this block; tests use it to prove a path is packed.
+
+    Examples:
+        >>> from danling.tensors import NestedTensor
+        >>> nt = NestedTensor([1.0, 2.0], [3.0])
+        >>> with forbid_slow_paths():
+        ...     doubled = nt * 2
+        ...     first = nt.tolist()
+        Traceback (most recent call last):
+        ...
+        RuntimeError: NestedTensor hot path unexpectedly ran per element: tolist
+    """
+    token = _forbidden.set(True)
+    try:
+        yield
+    finally:
+        _forbidden.reset(token)
+
+
+def check_slow_path(detail: object) -> None:
+    """Call at the top of every per-element path; raises inside ``forbid_slow_paths()``."""
+    if _forbidden.get():
+        raise RuntimeError(f"NestedTensor hot path unexpectedly ran per element: {detail}")

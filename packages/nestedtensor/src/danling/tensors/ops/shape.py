@@ -1,0 +1,258 @@
+"""Shape ops: permute, transpose, unsqueeze, view, reshape, flatten, unbind.
+
+Dims are given in NestedTensor coordinates (the batch dim included) and act inside every element;
+the batch dim itself cannot move. Permuting element dims never copies: the packed values stay as
+they are and only the layout's packing order changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+
+import torch
+from torch import Tensor
+
+from .._layout import NestedLayout, inverse_permutation
+from ..nested_tensor import NestedTensor
+from ._packed import batch_dim, element_dim, from_elements, normalize_dim
+from ._registry import check_slow_path, implements, implements_aten
+
+aten = torch.ops.aten
+
+
+def permute_elements(nt: NestedTensor, order: Sequence[int]) -> NestedTensor:
+    r"""
+    Permute the dims of every element by ``order`` (element coordinates) without copying.
+
+    Examples:
+        >>> nt = NestedTensor([torch.zeros(3, 4), torch.zeros(2, 4)])
+        >>> permute_elements(nt, (1, 0)).shape
+        torch.Size([2, 4, 3])
+    """
+    layout = nt._layout
+    order = tuple(order)
+    if order == tuple(range(layout.rank)):
+        return nt
+    inverse = inverse_permutation(order)
+    shapes = tuple(tuple(shape[d] for d in order) for shape in layout.element_shapes)
+    permutation = tuple(inverse[d] for d in layout.permutation)
+    return nt._rewrap(nt._values, NestedLayout(shapes, permutation, layout.ragged_rank, layout.static_sizes))
+
+
+@implements_aten(aten.permute.default)
+def permute(func, args, kwargs) -> NestedTensor:
+    r"""
+    Permute element dims; ``dims`` lists every dim of the NestedTensor and must keep the batch dim in place.
+
+    Examples:
+        >>> nested_tensor = NestedTensor([torch.randn(3, 4, 5), torch.randn(2, 4, 5)])
+        >>> permuted = nested_tensor.permute(0, 3, 1, 2)
+        >>> permuted.shape
+        torch.Size([2, 5, 3, 4])
+    """
+    nt, dims = args[0], kwargs.get("dims", args[1] if len(args) > 1 else None)
+    ndim = nt.dim()
+    dims = [normalize_dim(d, ndim) for d in dims]
+    batch = batch_dim(nt)
+    if sorted(dims) != list(range(ndim)):
+        raise RuntimeError(f"permute(): dims {dims} are not a permutation of {ndim} dims")
+    if dims[batch] != batch:
+        raise ValueError("Permuting the batch dimension is not supported for NestedTensor.")
+    order = [element_dim(nt, d) for position, d in enumerate(dims) if position != batch]
+    return permute_elements(nt, order)
+
+
+@implements_aten(aten.transpose.int)
+def transpose(func, args, kwargs) -> NestedTensor:
+    r"""
+    Swap two element dims (never the batch dim).
+
+    Examples:
+        >>> nested_tensor = NestedTensor([torch.randn(3, 4), torch.randn(2, 4)])
+        >>> # NestedTensor shape is [2, 3, 4], underlying tensors are [3, 4] and [2, 4]
+        >>> transposed = nested_tensor.transpose(1, 2)  # transpose dims 1 and 2
+        >>> transposed.shape  # batch dimension is still first
+        torch.Size([2, 4, 3])
+    """
+    nt, dim0, dim1 = args
+    batch = batch_dim(nt)
+    if batch in (normalize_dim(dim0, nt.dim()), normalize_dim(dim1, nt.dim())):
+        raise ValueError("Cannot swap the batch dimension for NestedTensor.")
+    first, second = element_dim(nt, dim0), element_dim(nt, dim1)
+    order = list(range(nt._layout.rank))
+    order[first], order[second] = second, first
+    return permute_elements(nt, order)
+
+
+@implements_aten(aten.unsqueeze.default)
+def unsqueeze(func, args, kwargs) -> NestedTensor:
+    r"""
+    Insert a size-1 dim inside every element; ``dim`` counts the batch dim.
+
+    Examples:
+        >>> nested_tensor = NestedTensor([torch.tensor([1, 2, 3]), torch.tensor([4, 5])])
+        >>> # Original shape: [2, 3] (batch_size=2, max_seq_len=3)
+        >>> unsqueezed = nested_tensor.unsqueeze(1)
+        >>> unsqueezed.shape
+        torch.Size([2, 1, 3])
+        >>> # Now each underlying tensor has shape [1, seq_len] instead of [seq_len]
+
+        >>> nested_tensor_2d = NestedTensor([torch.randn(3, 4), torch.randn(2, 4)])
+        >>> # Original shape: [2, 3, 4] (batch_size=2, max_len1=3, max_len2=4)
+        >>> unsqueezed_2d = nested_tensor_2d.unsqueeze(2)
+        >>> unsqueezed_2d.shape
+        torch.Size([2, 3, 1, 4])
+        >>> # Now each underlying tensor has shape [len1, 1, len2] instead of [len1, len2]
+    """
+    nt, dim = args
+    layout = nt._layout
+    dim = normalize_dim(dim, nt.dim() + 1)
+    batch = batch_dim(nt)
+    if dim == batch:
+        raise ValueError("Cannot unsqueeze at the batch dimension of a NestedTensor.")
+    new = dim - 1 if dim > batch else dim
+    shapes = tuple((*shape[:new], 1, *shape[new:]) for shape in layout.element_shapes)
+    if not layout.permutation:
+        return nt._rewrap(nt._values, NestedLayout.from_shapes(shapes) if shapes else NestedLayout((), (0,), 1))
+    shift = [d + (d >= new) for d in range(layout.rank)]
+    permutation = (*(shift[d] for d in layout.permutation), new)
+    new_layout = NestedLayout(shapes, permutation, layout.ragged_rank, (*layout.static_sizes, 1))
+    return nt._rewrap(nt._values.unsqueeze(-1), new_layout)
+
+
+def _unwrap_shape(shape: tuple) -> list[int]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+        return [int(s) for s in shape[0]]
+    return [int(s) for s in shape]
+
+
+def _strip_batch(nt: NestedTensor, shape: list[int]) -> list[int]:
+    """Drop the batch dim from a target shape when the caller included it."""
+    batch_size, position = len(nt), 0 if nt._batch_first else 1
+    max_sizes = nt._layout.max_sizes
+    if len(shape) <= position:
+        return shape
+    included = shape[position] == batch_size and len(shape) != nt.dim()
+    if not included and len(shape) == nt.dim() and shape[position] in (-1, batch_size):
+        rest = shape[:position] + shape[position + 1 :]
+        included = any(size == -1 or size == limit for size, limit in zip(rest, max_sizes))
+    if not included:
+        return shape
+    if shape[position] not in (-1, batch_size):
+        raise ValueError(f"Batch dimension mismatch: expected {batch_size} but got {shape[position]}")
+    return shape[:position] + shape[position + 1 :]
+
+
+def _element_target(target: list[int], element: tuple[int, ...], max_sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """Resolve one element's target shape: sizes equal to a max size mean that element's own size."""
+    resolved, used = list(target), set()
+    for i, size in enumerate(target):
+        if size == -1:
+            continue
+        if i < len(max_sizes) and size == max_sizes[i] and i not in used:
+            resolved[i] = element[i]
+            used.add(i)
+            continue
+        candidates = [j for j, limit in enumerate(max_sizes) if limit == size and j not in used]
+        if len(candidates) == 1:
+            resolved[i] = element[candidates[0]]
+            used.add(candidates[0])
+    numel = prod(element)
+    if resolved.count(-1) == 1:
+        known = prod(s for s in resolved if s != -1)
+        if known and numel % known == 0:
+            resolved[resolved.index(-1)] = numel // known
+    if -1 in resolved or prod(resolved) != numel:
+        raise RuntimeError(f"shape '{target}' is invalid for input of size {numel}")
+    return tuple(resolved)
+
+
+def view_shapes(nt: NestedTensor, shape: tuple) -> list[tuple[int, ...]]:
+    r"""
+    Target shape of every element for ``nt.view(*shape)``.
+
+    ``shape`` may include the batch dim; a size equal to a dim's max size stands for each element's
+    own size along it, and one ``-1`` is inferred per element.
+
+    Examples:
+        >>> nt = NestedTensor([torch.zeros(3, 4), torch.zeros(2, 4)])
+        >>> view_shapes(nt, (2, 3, 2, 2))
+        [(3, 2, 2), (2, 2, 2)]
+        >>> view_shapes(nt, (-1,))
+        [(12,), (8,)]
+    """
+    target = _strip_batch(nt, _unwrap_shape(shape))
+    max_sizes = nt._layout.max_sizes
+    return [_element_target(target, element, max_sizes) for element in nt._layout.element_shapes]
+
+
+def reshape_elements(nt: NestedTensor, shapes: list[tuple[int, ...]], copy: bool = True) -> NestedTensor:
+    """Give every element a new shape (same numel); no copy when elements are stored contiguously."""
+    layout = nt._layout
+    if not shapes:
+        return nt
+    new_layout = NestedLayout.from_shapes(shapes)
+    if layout.is_identity and new_layout.is_identity:
+        values = nt._values
+        new_shape = (new_layout.num_rows, *new_layout.static_sizes) if new_layout.permutation else (len(shapes),)
+        return nt._rewrap(values.reshape(new_shape) if copy else values.view(new_shape), new_layout)
+    check_slow_path("reshape of elements stored in a permuted layout")
+    elements = [t.reshape(s) if copy else t.view(s) for t, s in zip(layout.unpack(nt._values), shapes)]
+    return from_elements(elements, like=nt)
+
+
+@implements_aten(aten.view.default, aten._unsafe_view.default)
+def view(func, args, kwargs) -> NestedTensor:
+    r"""
+    View every element with a new shape (see [`view_shapes`][danling.tensors.ops.shape.view_shapes]).
+
+    Examples:
+        >>> nested_tensor = NestedTensor([torch.tensor([[1, 2], [3, 4]]), torch.tensor([[5, 6], [7, 8]])])
+        >>> viewed = nested_tensor.view(4)  # View each 2x2 tensor as 4
+        >>> viewed.shape
+        torch.Size([2, 4])
+        >>> type(viewed).__name__
+        'NestedTensor'
+    """
+    nt, size = args[0], args[1]
+    return reshape_elements(nt, view_shapes(nt, tuple(size)), copy=func is not aten.view.default)
+
+
+@implements(torch.reshape, Tensor.reshape)
+def reshape(input: NestedTensor, *shape) -> NestedTensor:
+    r"""
+    Reshape every element (copying only when a view is impossible).
+
+    Examples:
+        >>> nested_tensor = NestedTensor([torch.tensor([[1, 2], [3, 4]]), torch.tensor([[5, 6], [7, 8]])])
+        >>> reshaped = nested_tensor.reshape(4)
+        >>> reshaped.shape
+        torch.Size([2, 4])
+    """
+    if not shape:
+        raise TypeError("reshape() missing shape")
+    return reshape_elements(input, view_shapes(input, shape), copy=True)
+
+
+@implements(torch.flatten, Tensor.flatten)
+def flatten(input: NestedTensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    r"""
+    Flatten element dims ``start_dim..end_dim``; a range that includes the batch dim flattens ``.tensor``.
+
+    Examples:
+        >>> NestedTensor([torch.zeros(3, 2, 2), torch.zeros(1, 2, 2)]).flatten(2).shape
+        torch.Size([2, 3, 4])
+    """
+    start, end = normalize_dim(start_dim, input.dim()), normalize_dim(end_dim, input.dim())
+    if start <= batch_dim(input) <= end:
+        return torch.flatten(input.tensor, start, end)
+    first, last = element_dim(input, start), element_dim(input, end)
+    shapes = [(*s[:first], prod(s[first : last + 1]), *s[last + 1 :]) for s in input._layout.element_shapes]
+    return reshape_elements(input, shapes, copy=True)
+
+
+@implements(torch.unbind)
+def unbind(input: NestedTensor, dim: int = 0) -> tuple[Tensor, ...]:
+    """``torch.unbind(nt)``: views of the elements (batch dim only)."""
+    return input.unbind(dim)
