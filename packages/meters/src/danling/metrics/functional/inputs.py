@@ -27,9 +27,12 @@ from torch import Tensor
 
 
 def nested_tensor_class() -> type | None:
-    """``danling.tensors.NestedTensor`` if that module has been imported, else None."""
-    module = sys.modules.get("danling.tensors")
-    return getattr(module, "NestedTensor", None) if module is not None else None
+    """``danling.tensors.NestedTensor`` if its module has been imported, else None."""
+    for name in ("danling.tensors.nested_tensor", "danling.tensors"):
+        cls = getattr(sys.modules.get(name), "NestedTensor", None)
+        if cls is not None:
+            return cls
+    return None
 
 
 def is_nested_tensor(value: Any) -> bool:
@@ -57,20 +60,37 @@ def _to_tensor(value: Any, name: str) -> Any:
     raise TypeError(f"Unsupported {name} type: {type(value)}; expected a Tensor, NestedTensor or sequence")
 
 
+def _align_to_nested(nested: Any, dense: Tensor) -> Tensor:
+    """The entries of a padded ``dense`` tensor that line up with the real elements of ``nested``, packed.
+
+    A ``dense`` tensor of the NestedTensor's padded shape goes through ``nested_like``; one without
+    the trailing class dim (labels for class scores) is read through the padding ``mask``.
+    """
+    if dense.ndim == nested.dim():
+        return nested.nested_like(dense, strict=False).concat
+    mask = nested.mask if not nested.mask_value else ~nested.mask
+    if dense.shape != mask.shape:
+        raise ValueError(
+            f"cannot align a padded tensor of shape {tuple(dense.shape)} with a NestedTensor of padded shape "
+            f"{tuple(nested.shape)}; pass both as NestedTensors"
+        )
+    return dense[mask.to(dense.device)]
+
+
 def as_tensors(input: Any, target: Any) -> tuple[Tensor, Tensor]:
     """Convert ``input`` and ``target`` to plain tensors; NestedTensors become their packed elements.
 
-    A plain tensor paired with a NestedTensor is read through the NestedTensor's layout
-    (``nested_like``), so padded positions of the plain tensor are dropped as well.
+    A plain tensor paired with a NestedTensor is read through the NestedTensor's layout, so padded
+    positions of the plain tensor are dropped as well.
     """
     input, target = _to_tensor(input, "input"), _to_tensor(target, "target")
     input_nested, target_nested = is_nested_tensor(input), is_nested_tensor(target)
-    if input_nested and not target_nested:
-        target = input.nested_like(target, strict=False)
-    elif target_nested and not input_nested:
-        input = target.nested_like(input, strict=False)
-    if input_nested or target_nested:
-        input, target = input.concat, target.concat
+    if input_nested and target_nested:
+        return input.concat, target.concat
+    if input_nested:
+        return input.concat, _align_to_nested(input, target)
+    if target_nested:
+        return _align_to_nested(target, input), target.concat
     return input, target
 
 
