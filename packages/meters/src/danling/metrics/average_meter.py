@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from chanfig import DefaultDict
 from torch import Tensor
-from typing_extensions import Self
 
 from .distributed import world_size
 from .meter_sync import Mode, synchronise_meters
 from .round_dict import RoundDict, format_number
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # only for annotations: no runtime dependency
 
 Number = float | int
 Count = int | Tensor  # an int, or a 0-d int64 tensor on an accelerator (accumulated lazily)
@@ -247,17 +249,9 @@ class AverageMeter:
             return self._local_average()
         return synchronise_meters([self], "average")[0]
 
-    @property
-    def val(self) -> float | Tensor:
-        return self.value()
-
-    @property
-    def bat(self) -> float | Tensor:
-        return self.batch()
-
-    @property
-    def avg(self) -> float | Tensor:
-        return self.average()
+    val = property(lambda self: self.value(), doc="Shorthand for ``value()``: the latest local result.")
+    bat = property(lambda self: self.batch(), doc="Shorthand for ``batch()``: the latest step over all ranks.")
+    avg = property(lambda self: self.average(), doc="Shorthand for ``average()``: everything so far, all ranks.")
 
     @property
     def n(self) -> int:
@@ -396,17 +390,9 @@ class AverageMeters(DefaultDict):
     def average(self) -> RoundDict:
         return self._reduce("average")
 
-    @property
-    def val(self) -> RoundDict:
-        return self.value()
-
-    @property
-    def bat(self) -> RoundDict:
-        return self.batch()
-
-    @property
-    def avg(self) -> RoundDict:
-        return self.average()
+    val = property(lambda self: self.value(), doc="Shorthand for ``value()``: the latest local result.")
+    bat = property(lambda self: self.batch(), doc="Shorthand for ``batch()``: the latest step over all ranks.")
+    avg = property(lambda self: self.average(), doc="Shorthand for ``average()``: everything so far, all ranks.")
 
     @property
     def n(self) -> RoundDict:

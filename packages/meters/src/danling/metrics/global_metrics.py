@@ -18,11 +18,10 @@ Unlike the reference implementation, results are Python floats when they have on
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from typing_extensions import Self
 
 from .distributed import all_reduce_max, all_reduce_sum, gather_rows, reduction_device, world_size
 from .functional.inputs import as_tensors
@@ -30,6 +29,9 @@ from .metric_func import MetricFunc, iter_metric_funcs, merge_metric_entries
 from .preprocess import base_preprocess, detach
 from .round_dict import RoundDict, format_number
 from .state import MetricState, collect_requirements
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # only for annotations: no runtime dependency
 
 
 class MetricRequirementError(RuntimeError):
@@ -231,17 +233,9 @@ class GlobalMetrics:
         self._synced = (MetricState(preds, targets, confmat), count)
 
     # Views
-    @property
-    def val(self) -> RoundDict:
-        return self.value()
-
-    @property
-    def bat(self) -> RoundDict:
-        return self.batch()
-
-    @property
-    def avg(self) -> RoundDict:
-        return self.average()
+    val = property(lambda self: self.value(), doc="Shorthand for ``value()``: the latest local result.")
+    bat = property(lambda self: self.batch(), doc="Shorthand for ``batch()``: the latest step over all ranks.")
+    avg = property(lambda self: self.average(), doc="Shorthand for ``average()``: everything so far, all ranks.")
 
     @property
     def preds(self) -> Tensor:

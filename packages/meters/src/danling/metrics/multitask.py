@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from chanfig import FlatDict
 from torch import Tensor
-from typing_extensions import Self
 
 from .aggregate import aggregate, is_nan
 from .distributed import all_reduce_sum, reduction_device, world_size
@@ -28,9 +27,13 @@ from .metric_func import infer_metric_name
 from .round_dict import RoundDict
 from .stream_metrics import MetricMeter, StreamMetrics
 
+if TYPE_CHECKING:
+    from typing_extensions import Self  # only for annotations: no runtime dependency
+
 Aggregate = Literal["macro", "micro", "weighted"] | None
 TaskMetrics = GlobalMetrics | StreamMetrics | MetricMeter
 _PLACEHOLDER_NAMES = {"", "<lambda>", "__call__"}
+_TASK_TYPES = (GlobalMetrics, StreamMetrics, MetricMeter)
 
 
 def _task_weights(aggregate: Aggregate, weights: Mapping[str, Any] | None) -> dict[str, float] | None:
@@ -92,15 +95,15 @@ class MultiTaskMetrics(FlatDict):
         super().__init__(*args, **kwargs)
 
     def set(self, name: Any, task_metrics: Any) -> None:
-        if callable(task_metrics) and not isinstance(task_metrics, (GlobalMetrics, StreamMetrics, MetricMeter)):
-            task_metrics = MetricMeter(task_metrics)
-        if isinstance(task_metrics, MetricMeter):
-            task_metrics.output_name = self._metric_output_name(name, task_metrics)
-        if not isinstance(task_metrics, (GlobalMetrics, StreamMetrics, MetricMeter)):
+        if callable(task_metrics) and not isinstance(task_metrics, _TASK_TYPES):
+            task_metrics = MetricMeter(task_metrics)  # a bare metric function becomes a one-metric task
+        elif not isinstance(task_metrics, _TASK_TYPES):
             raise ValueError(
                 f"Expected task_metrics for {name} to be an instance of GlobalMetrics, StreamMetrics, MetricMeter, "
                 f"or a callable, but got {type(task_metrics)}"
             )
+        if isinstance(task_metrics, MetricMeter):
+            task_metrics.output_name = self._metric_output_name(name, task_metrics)
         super().set(name, task_metrics)
 
     @staticmethod
@@ -189,17 +192,9 @@ class MultiTaskMetrics(FlatDict):
     def average(self) -> RoundDict:
         return self._collect("average")
 
-    @property
-    def val(self) -> RoundDict:
-        return self.value()
-
-    @property
-    def bat(self) -> RoundDict:
-        return self.batch()
-
-    @property
-    def avg(self) -> RoundDict:
-        return self.average()
+    val = property(lambda self: self.value(), doc="Shorthand for ``value()``: the latest local result.")
+    bat = property(lambda self: self.batch(), doc="Shorthand for ``batch()``: the latest step over all ranks.")
+    avg = property(lambda self: self.average(), doc="Shorthand for ``average()``: everything so far, all ranks.")
 
     # Checkpointing
     def state_dict(self) -> dict[str, Any]:

@@ -85,12 +85,11 @@ class MetricMeter(AverageMeter):
         device: torch.device | str | None = None,
         distributed: bool = True,
     ) -> None:
-        super().__init__(device=device, distributed=distributed)
         if not callable(metric):
             raise ValueError(f"Expected metric to be callable, but got {type(metric)}")
-        self.metric = metric
-        self.preprocess = preprocess
+        self.metric, self.preprocess = metric, preprocess
         self._requirements = self._own_requirements()
+        super().__init__(device=device, distributed=distributed)
 
     def _own_requirements(self) -> Requirements | None:
         return collect_requirements([self.metric]) if isinstance(self.metric, MetricFunc) else None
