@@ -101,6 +101,14 @@ def test_save_builds_the_request():
     assert manager.health.saved == 2
 
 
+def test_forced_saves_never_create_history():
+    manager = RecordingManager(SYNC, interval=1)
+    manager.save({"model": {}}, progress=2, force=True)  # e.g. on SIGTERM, part-way into epoch 3
+    manager.save({"model": {}}, progress=0, name="seed", force=True)
+    manager.save({"model": {}}, progress=3, last_step=True)
+    assert [request.history for request in manager.written] == [None, None, "ckpt-e000003"]
+
+
 def test_state_callable_only_called_when_due():
     manager = RecordingManager(SYNC, interval=10)
     calls = []

@@ -320,7 +320,9 @@ class CheckpointManager:
             best: This is the best checkpoint so far: update the ``best`` alias too.
             last_step: The run's final save: always written, and with
                 ``checkpoint.last_save_model_only`` the model is also exported alone.
-            force: Write even off the cadence (``load_only`` still wins).
+            force: Write even off the cadence (``load_only`` still wins).  A forced save (a seed
+                checkpoint, a save on ``SIGTERM`` in the middle of an epoch) never creates a history
+                alias: it need not sit on a cadence boundary.
         """
         if not name or any(separator in name for separator in ("/", "\\")) or name.startswith("."):
             raise ValueError(f"checkpoint name must be a plain file name without directories, got {name!r}")
@@ -331,7 +333,7 @@ class CheckpointManager:
             name=name,
             payload=payload,
             progress=progress,
-            history=self.history_name(progress),
+            history=None if force else self.history_name(progress),
             best=best,
             export_model=last_step and self.config.last_save_model_only and "model" in payload,
         )
