@@ -136,3 +136,10 @@ def test_state_dict_round_trip_through_a_file(tmp_path):
     assert restored.count == 10
     restored.update(*BATCHES[0])
     assert restored.count == 14
+
+
+def test_rows_of_predictions_and_targets_must_pair_up():
+    metrics = GlobalMetrics(binary_metric_funcs()["auroc"])
+    with pytest.raises(ValueError, match=r"same number of samples, but got shapes \(3,\) and \(2,\)"):
+        metrics.update(torch.rand(3), torch.tensor([0, 1]))
+    assert metrics.count == 0, "a rejected batch leaves no trace"

@@ -151,3 +151,13 @@ def test_stream_metrics_repr_format_reset_state(tmp_path):
     restored.load_state_dict(torch.load(path))
     assert restored.avg.dict() == metrics.avg.dict()
     assert metrics.reset() is metrics and math.isnan(metrics.avg.acc)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_stay_on_the_device_until_read():
+    metrics = StreamMetrics(acc=binary_metric_funcs()["acc"])
+    metrics.update(torch.tensor([0.9, 0.9, 0.2], device="cuda"), torch.tensor([1, -100, 1], device="cuda"))
+    meter = metrics["acc"]
+    assert isinstance(meter._local_sum, torch.Tensor) and meter._local_sum.device.type == "cuda"
+    assert isinstance(meter._local_count, torch.Tensor), "the kept-target count is a device tensor"
+    assert metrics.count.acc == 2 and metrics.avg.acc == 0.5

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .distributed import all_reduce_max, all_reduce_sum, gather_rows, reduction_device, world_size
-from .functional.inputs import as_tensors
+from .functional.inputs import as_tensors, check_same_length
 from .metric_func import MetricFunc, iter_metric_funcs, merge_metric_entries
 from .preprocess import base_preprocess, detach
 from .round_dict import RoundDict, format_number
@@ -127,6 +127,8 @@ class GlobalMetrics:
         """Store one batch (or add it to the confusion matrix); never synchronises."""
         input, target = self.preprocess(input, target)
         input, target = as_tensors(detach(input), detach(target))
+        if input.ndim and target.ndim:
+            check_same_length(input, target)  # stored rows must pair up across batches and ranks
         confmat = self.requirements.confmat.compute(input, target) if self.requirements.confmat else None
         self._last = MetricState(input, target, confmat)
         self._local_n = _rows(target)
