@@ -48,6 +48,22 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "BaseRunner": ("danling.runners", "danling-runner-core"),
     "TorchRunner": ("danling.runners", "danling-runner-core"),
     "Runner": ("danling.runners", "danling-runner-core"),
+    # danling-runner-core: utilities and data helpers
+    **{
+        name: ("danling.utils", "danling-runner-core")
+        for name in (
+            "catch",
+            "debug",
+            "flexible_decorator",
+            "method_cache",
+            "load",
+            "load_pandas",
+            "save",
+            "is_json_serializable",
+            "ensure_dir",
+        )
+    },
+    "to_device": ("danling.data", "danling-runner-core"),
     # backend runners
     "DeepSpeedRunner": ("danling.runners", "danling-runner-deepspeed"),
     "ParallelRunner": ("danling.runners", "danling-runner-parallel"),
