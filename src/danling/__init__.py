@@ -36,7 +36,6 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "AverageMeter": ("danling.metrics", "danling-meters"),
     "AverageMeters": ("danling.metrics", "danling-meters"),
     "MetricMeter": ("danling.metrics", "danling-meters"),
-    "MetricMeters": ("danling.metrics", "danling-meters"),
     "StreamMetrics": ("danling.metrics", "danling-meters"),
     "GlobalMetrics": ("danling.metrics", "danling-meters"),
     "MultiTaskMetrics": ("danling.metrics", "danling-meters"),

@@ -7,9 +7,6 @@
 - :mod:`danling.metrics.functional`: the metric math as pure functions.
 - ``binary_metrics()``, ``multiclass_metrics(C)``, ``multilabel_metrics(L)``, ``regression_metrics(D)``:
   ready containers.
-
-``MetricMeters`` is another name for ``StreamMetrics`` (a set of ``MetricMeter``), kept for the
-umbrella package's top-level export.
 """
 
 from . import functional
@@ -38,8 +35,6 @@ from .round_dict import RoundDict
 from .state import ConfmatSpec, MetricState, Requirements
 from .stream_metrics import MetricMeter, StreamMetrics
 
-MetricMeters = StreamMetrics
-
 __all__ = [
     "AverageMeter",
     "AverageMeters",
@@ -47,7 +42,6 @@ __all__ = [
     "GlobalMetrics",
     "MetricFunc",
     "MetricMeter",
-    "MetricMeters",
     "MetricRequirementError",
     "MetricState",
     "MultiTaskMetrics",
