@@ -33,6 +33,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "on_local_main_process": ("danling.runners.utils", "danling-runner-core"),
     "CheckpointManager": ("danling.runners.checkpoints", "danling-runner-core"),
     "FileCheckpointManager": ("danling.runners.checkpoints", "danling-runner-core"),
+    "BaseRunner": ("danling.runners.base_runner", "danling-runner-core"),
+    "TorchRunner": ("danling.runners.torch_runner", "danling-runner-core"),
+    "Runner": ("danling.runners.runner", "danling-runner-core"),
+    "OPTIMIZERS": ("danling.runners.optim", "danling-runner-core"),
+    "OptimizerContainer": ("danling.runners.step", "danling-runner-core"),
+    "LoopState": ("danling.runners.loops", "danling-runner-core"),
     "DeepSpeedRunner": ("danling.runners.deepspeed_runner", "danling-runner-deepspeed"),
     "ParallelRunner": ("danling.runners.parallel_runner", "danling-runner-parallel"),
 }

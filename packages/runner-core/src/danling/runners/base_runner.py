@@ -1,0 +1,791 @@
+"""``BaseRunner``: the backend-independent half of a runner.
+
+It owns a run's config and state, its workspace (directories, log file, metadata), its
+containers (datasets, dataloaders, results, meters), results and scores (best result, early
+stopping), progress lines and scalar logs, and checkpoint orchestration (what a checkpoint holds,
+saving through a checkpoint manager, restoring with the documented precedence).  Training loops
+belong to concrete runners such as ``TorchRunner``.
+
+Construction happens in a fixed order:
+
+1. ``__init__`` (``BaseRunner``): wrap the config, bind state and workspace, create the
+   containers, start the process group (``init_distributed``), seed, set determinism, start
+   logging, TensorBoard and W&B, route ``print`` to the main process.
+2. The subclass's ``__init__`` continues after ``super().__init__(config)`` and binds the model,
+   criterion, datasets ...
+3. ``MetaRunner`` then calls ``__post_init__`` once: concrete runners build dataloaders, model,
+   optimizer and scheduler there, restore a checkpoint, and end with ``super().__post_init__()``,
+   which binds the checkpoint manager (if not yet bound) and writes the run's metadata.  If it
+   raises, the runner is closed and the error propagates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import warnings
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Any
+
+from chanfig import FlatDict
+
+from danling.data import DataLoaderDict
+from danling.metrics import AverageMeters, RoundDict
+from danling.utils import save as save_file
+
+from . import results as results_lib
+from .checkpoints import CheckpointManager, FileCheckpointManager, resolve_checkpoint_interval
+from .checkpoints import read_config as read_checkpoint_config
+from .config import RunnerConfig, check_semantic_match
+from .dataloaders import loader_length
+from .loops import LoopState
+from .reporting import (
+    LoopProgress,
+    build_tensorboard_writer,
+    format_epoch_line,
+    format_result,
+    format_step_line,
+    is_interactive,
+    log_to_files,
+    write_scalars,
+)
+from .restore import MODEL_KEYS, apply_exclusions, load_component, read_checkpoint
+from .state import RunnerState, seed_everything
+from .utils import RunnerMode, get_local_rank, get_rank, get_world_size
+from .workspace import RunnerWorkspace
+
+
+class MetaRunner(type):
+    """Calls ``__post_init__`` once the most-derived ``__init__`` has returned; closes the runner if it fails."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        instance = super().__call__(*args, **kwargs)
+        if isinstance(instance, cls):  # ``Runner.__new__`` may return a runner that is already set up
+            try:
+                instance.__post_init__()
+            except BaseException:
+                with contextlib.suppress(Exception):  # the original error matters more than a failed cleanup
+                    instance.close(timeout=0.0)
+                raise
+        return instance
+
+
+class BaseRunner(metaclass=MetaRunner):
+    r"""
+    Shared state and orchestration of every runner: config, workspace, results, checkpoints.
+
+    Args:
+        config: A ``RunnerConfig`` (used as is, and normalised in place) or a mapping (copied).
+
+    Attributes:
+        config: The run's configuration.
+        state: Checkpointable progress (``train_state``: ``global_step``, ``micro_step``,
+            ``epoch``; ``elastic_state``; ``rng_state``).
+        loop_state: Position inside the current epoch or round, for exact resume.
+        workspace: Directories, ids, logger and metadata of the run.
+        datasets / dataloaders: ``{split: dataset}`` / ``{split: loader}``.
+        results: ``{index: {split: {metric: value}}}`` (index: epoch or global step).
+        meters: Running averages of ``loss`` and ``lr``.
+        checkpoint_manager: Writes and rotates checkpoints.
+
+    Examples:
+        >>> import tempfile
+        >>> config = {"log": False, "workspace_root": tempfile.mkdtemp(), "epochs": 3, "evaluate_splits": ["val"]}
+        >>> runner = BaseRunner(config)
+        >>> runner.append_result({"val": {"loss": 0.5}}, index=0)
+        >>> runner.append_result({"val": {"loss": 0.4}}, index=1)
+        >>> runner.evaluate_splits, runner.best_index, runner.is_best
+        (['val'], 1, True)
+        >>> runner.close()
+        True
+    """
+
+    model: Any = None
+    ema: Any = None
+    criterion: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    split: str | None = None
+    metrics: Any = None
+    train_metrics: Any = None
+    evaluate_metrics: Any = None
+    logger: Any = None
+    writer: Any = None
+    wandb: Any = None
+    checkpoint_manager: CheckpointManager | None = None
+
+    def __init__(self, config: RunnerConfig | Mapping[str, Any]) -> None:
+        config = config if isinstance(config, RunnerConfig) else RunnerConfig(config)
+        self.state = RunnerState(config=config)
+        self.config = self.state.config
+        self.train_state = self.state.train
+        self.elastic_state = self.state.elastic
+        self.rng_state = self.state.rng
+        self.loop_state = LoopState()
+        self.workspace = RunnerWorkspace(self.config)
+        self.datasets = FlatDict()
+        self.dataloaders = DataLoaderDict()
+        self.results = RoundDict()
+        self.meters = AverageMeters()
+        self._mode = RunnerMode.train
+        self.init_distributed()
+        if self.config.seed is not None:
+            self.set_seed()
+        if self.config.deterministic:
+            self.set_deterministic()
+        if self.config.log:
+            self.init_logging()
+        if self.config.tensorboard:
+            self.init_tensorboard()
+        if self.config.wandb.enabled:
+            self.init_wandb()
+        self.workspace.init_print()
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_manager is None:
+            self.init_checkpoint_manager()
+        self.workspace.save_metadata()
+
+    # identity and processes
+
+    @property
+    def id(self) -> str:
+        return self.workspace.id
+
+    @property
+    def config_id(self) -> str:
+        return self.workspace.config_id
+
+    @property
+    def code_id(self) -> str | None:
+        return self.workspace.code_id
+
+    @property
+    def name(self) -> str:
+        return self.workspace.name
+
+    @property
+    def timestamp(self) -> str:
+        return self.workspace.timestamp
+
+    @property
+    def rank(self) -> int:
+        return get_rank()
+
+    @property
+    def local_rank(self) -> int:
+        return get_local_rank()
+
+    @property
+    def world_size(self) -> int:
+        return get_world_size()
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_local_main_process(self) -> bool:
+        return self.local_rank == 0
+
+    @property
+    def mode(self) -> RunnerMode:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: RunnerMode | str) -> None:
+        self._mode = RunnerMode(mode)
+
+    # early setup hooks
+
+    def init_distributed(self) -> None:
+        """Join the job's process group; the base runner runs in one process."""
+
+    def init_checkpoint_manager(self) -> None:
+        """Bind a ``FileCheckpointManager`` in ``{run dir}/checkpoints`` with the run's cadence."""
+        manager = FileCheckpointManager(
+            self.workspace.checkpoint_dir,
+            self.config.checkpoint,
+            interval=self.checkpoint_interval,
+            unit="step" if self.is_step_mode else "epoch",
+            tag=self.id,
+        )
+        self.set_checkpoint_manager(manager)
+
+    def set_checkpoint_manager(self, manager: CheckpointManager) -> None:
+        """Replace the checkpoint manager, closing the previous one."""
+        if manager is self.checkpoint_manager:
+            return
+        if self.checkpoint_manager is not None:
+            self.checkpoint_manager.close(timeout=0.0)
+        self.checkpoint_manager = manager
+
+    def set_seed(self, seed: int | None = None, bias: int | bool | None = None) -> int:
+        r"""
+        Seed Python, NumPy and torch with ``seed + bias`` and store the base ``seed`` in ``config.seed``.
+
+        ``bias`` defaults to the rank, so processes draw different numbers; ``bias=False``
+        seeds every process alike.  Returns the seed used in this process.
+        """
+        base = self.config.seed if seed is None else seed
+        if base is None:
+            raise ValueError("cannot set seed: no seed is configured and no seed argument was provided")
+        self.config.seed = int(base)
+        bias = self.rank if bias is None else int(bias)
+        process_seed = int(base) + bias
+        seed_everything(process_seed)
+        self.rng_state.capture()
+        return process_seed
+
+    def set_deterministic(self) -> None:
+        """Ask the backend for deterministic kernels; the base runner has none."""
+
+    def init_logging(self) -> None:
+        self.logger = self.workspace.init_logging()
+
+    def init_tensorboard(self) -> None:
+        """Write scalars to ``{run dir}/tensorboard/{timestamp}`` (main process only)."""
+        if self.is_main_process:
+            self.writer = build_tensorboard_writer(os.path.join(self.workspace.dir, "tensorboard", self.timestamp))
+
+    def init_wandb(self, **kwargs: Any) -> None:
+        """Start a Weights & Biases run from ``config.wandb`` (main process only)."""
+        if not self.is_main_process:
+            return
+        try:
+            import wandb
+        except ImportError as error:
+            raise RuntimeError("wandb is enabled, but the `wandb` package is not installed") from error
+        settings = self.config.wandb
+        defaults = {
+            "project": settings.project or self.workspace.lineage,
+            "entity": settings.entity,
+            "group": settings.group or self.workspace.experiment,
+            "name": settings.name or self.id,
+            "job_type": settings.job_type,
+            "tags": [settings.tags] if isinstance(settings.tags, str) else settings.tags,
+            "dir": settings.dir or self.workspace.dir,
+            "mode": settings.mode,
+            "config": self.config.dict(),
+        }
+        for key, value in defaults.items():
+            if value is not None:
+                kwargs.setdefault(key, value)
+        self.wandb = wandb.init(**kwargs)
+
+    # budget and settings
+
+    @property
+    def epochs(self) -> int | None:
+        return self.config.epochs
+
+    @epochs.setter
+    def epochs(self, epochs: int | None) -> None:
+        self.config.epochs = epochs
+
+    @property
+    def steps(self) -> int | None:
+        """``config.steps``; in epoch mode, the optimizer steps the epochs take (when loaders are sized)."""
+        if self.config.steps is not None:
+            return self.config.steps
+        if self.epochs is None or not self.dataloaders:
+            return None
+        total = 0
+        for split in self.train_splits:
+            length = loader_length(self.dataloaders[split]) if split in self.dataloaders else None
+            if length is None:
+                return None
+            total += math.ceil(length / self.accum_steps)
+        return self.epochs * total
+
+    @steps.setter
+    def steps(self, steps: int | None) -> None:
+        self.config.steps = steps
+
+    @property
+    def is_step_mode(self) -> bool:
+        return self.epochs is None
+
+    @cached_property
+    def accum_steps(self) -> int:
+        return int(self.config.get("accum_steps") or 1)
+
+    @cached_property
+    def precision(self) -> str | None:
+        return self.config.get("precision")
+
+    @cached_property
+    def max_grad_value(self) -> float | None:
+        return self.config.get("max_grad_value")
+
+    @cached_property
+    def max_grad_norm(self) -> float | None:
+        return self.config.get("max_grad_norm")
+
+    @cached_property
+    def skip_nonfinite_grad(self) -> bool:
+        return bool(self.config.get("skip_nonfinite_grad", False))
+
+    @cached_property
+    def patience(self) -> float:
+        patience = self.config.get("patience")
+        return math.inf if patience is None else patience
+
+    @property
+    def batch_size(self) -> int:
+        """``config.dataloader.batch_size``, else the first dataloader's batch size."""
+        batch_size = self.config.get("dataloader.batch_size") if "dataloader" in self.config else None
+        if batch_size is not None:
+            return batch_size
+        for loader in self.dataloaders.values():
+            if getattr(loader, "batch_size", None) is not None:
+                return loader.batch_size
+        raise AttributeError("batch_size could not be inferred and is not in config")
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the budget done: ``global_step / steps``, else ``epoch / epochs``."""
+        steps = self.steps
+        if steps:
+            return self.train_state.global_step / steps
+        if self.epochs:
+            return self.train_state.epoch / self.epochs
+        raise ValueError("cannot compute progress: neither `steps` nor `epochs` is configured")
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Save cadence: ``checkpoint.interval``, else every epoch / about 20 times per run / every 8192 steps."""
+        epochs = None if self.is_step_mode else self.epochs
+        return resolve_checkpoint_interval(self.config.checkpoint.interval, steps=self.steps, epochs=epochs)
+
+    @property
+    def log_interval(self) -> int:
+        """Iterations between progress lines: ``config.log_interval``, else about 100 per run, else 1024."""
+        if self.config.log_interval is not None:
+            return self.config.log_interval
+        steps = self.steps
+        return max(math.ceil(steps / 100), 1) if steps else 1024
+
+    @property
+    def train_splits(self) -> list[str]:
+        """``config.train_splits``, else the splits named ``train`` or whose dataset says it is for training."""
+        configured = self.config.get("train_splits")
+        if configured is not None:
+            return sorted({configured} if isinstance(configured, str) else set(configured))
+        sources = self.datasets or self.dataloaders
+        return sorted(split for split, data in sources.items() if _is_train_split(split, data))
+
+    @property
+    def evaluate_splits(self) -> list[str]:
+        """``config.evaluate_splits``, else every split that is not a training split."""
+        configured = self.config.get("evaluate_splits")
+        if configured is not None:
+            return sorted({configured} if isinstance(configured, str) else set(configured))
+        train = set(self.train_splits)
+        return sorted(split for split in (self.datasets or self.dataloaders) if split not in train)
+
+    # results and scores
+
+    @property
+    def score_split(self) -> str | None:
+        return results_lib.resolve_score_split(self.evaluate_splits, self.config.score_split)
+
+    @property
+    def scores(self) -> dict[int, float] | None:
+        """``{index: score}`` of the results that have a score; ``None`` if none has."""
+        return results_lib.collect_scores(self.results, self.score_split, self.config.score_name) or None
+
+    @property
+    def best_index(self) -> int | None:
+        return results_lib.best_index(self.scores or {}, self.config.score_name)
+
+    @property
+    def latest_result(self) -> RoundDict | None:
+        return results_lib.indexed_row(self.results, next(reversed(list(self.results)), None))
+
+    @property
+    def best_result(self) -> RoundDict | None:
+        return results_lib.indexed_row(self.results, self.best_index)
+
+    @property
+    def latest_score(self) -> float | None:
+        scores = self.scores
+        return scores[next(reversed(list(scores)))] if scores else None
+
+    @property
+    def best_score(self) -> float | None:
+        scores = self.scores
+        return scores[self.best_index] if scores else None
+
+    @property
+    def is_best(self) -> bool:
+        """Whether the latest result is the best (``True`` before the first result)."""
+        return results_lib.is_best(self.results, self.scores or {}, self.config.score_name)
+
+    def should_stop_early(self) -> bool:
+        """Whether more than ``patience`` scored results came after the best one."""
+        return results_lib.rows_since_best(self.scores or {}, self.config.score_name) > self.patience
+
+    def append_result(self, result: Mapping[str, Any], index: int | None = None) -> None:
+        """Add ``result`` as row ``index`` (default: the current epoch), merging into an existing row."""
+        results_lib.merge_result(self.results, result, self.train_state.epoch if index is None else index)
+
+    def get_step_result(self) -> RoundDict:
+        """The latest values of the meters and metrics (for progress lines)."""
+        result = RoundDict({name: value for name, value in self.meters.batch().items() if self.meters[name].count})
+        if self.metrics is not None:
+            result.merge(RoundDict(self.metrics.value()))
+        return result
+
+    def get_epoch_result(self) -> RoundDict:
+        """The averages of the meters and metrics over the loop."""
+        result = RoundDict({name: value for name, value in self.meters.average().items() if self.meters[name].count})
+        if self.metrics is not None:
+            result.merge(RoundDict(self.metrics.average()))
+        return result
+
+    def save_result(self) -> None:
+        """Write ``results.json``, ``latest.json`` and, for the best result, ``best.json`` (main process)."""
+        if not self.is_main_process or not self.results:
+            return
+        header = {"name": self.name, "id": self.id, "timestamp": self.timestamp}
+        try:
+            results_lib.save_results(
+                self.workspace.dir, self.results, header=header, latest=self.latest_result, best=self.is_best
+            )
+        except OSError as error:
+            warnings.warn(f"failed to write results in {self.workspace.dir!r}: {error}", RuntimeWarning, stacklevel=2)
+
+    # progress lines and scalar logs
+
+    def format_result(self, result: Mapping[str, Any], format_spec: str = ".4f") -> str:
+        return format_result(result, format_spec)
+
+    def format_step_result(self, result: Mapping[str, Any], split: str, steps: int, length: int | None) -> str:
+        return format_step_line(self.mode, split, steps, length, result)
+
+    def format_epoch_result(
+        self, result: Mapping[str, Any], epochs: int | None = None, total_epochs: int | None = None
+    ) -> str:
+        """``epoch [e+1/E]`` and the result; ``epochs`` is the 0-based epoch (default: the current one)."""
+        epochs = self.train_state.epoch if epochs is None else epochs
+        return format_epoch_line(result, epochs + 1, self.epochs if total_epochs is None else total_epochs)
+
+    def loop_progress(self, split: str, *, total: int | None, start: int = 0) -> LoopProgress:
+        """Progress of a loop over ``split``: a bar on the main process's terminal, periodic lines otherwise."""
+        interactive = self.is_main_process and is_interactive()
+        return LoopProgress(
+            f"{self.mode} {split}",
+            total=total,
+            interval=self.log_interval,
+            emit=self._emit_line,
+            stream=sys.stdout if interactive else None,
+            start=start,
+        )
+
+    def _emit_line(self, line: str, console: bool) -> None:
+        if console:
+            print(line)
+        else:
+            log_to_files(self.logger, line)
+
+    def step_log(
+        self,
+        split: str,
+        iteration: int,
+        length: int | None = None,
+        result: Mapping[str, Any] | None = None,
+        *,
+        progress: LoopProgress | None = None,
+    ) -> RoundDict:
+        """Report progress at ``iteration`` of ``length``: a line (or the bar's postfix), and scalars in training."""
+        if length is None and split in self.dataloaders:
+            length = loader_length(self.dataloaders[split])
+        result = self.get_step_result() if result is None else RoundDict(result)
+        if progress is not None:
+            result["time"] = progress.seconds_per_iteration(iteration)
+        line = format_step_line(self.mode, split, iteration, length, result)
+        if progress is not None:
+            progress.report(line, result)
+        else:
+            print(line)
+        if self.mode == RunnerMode.train:
+            self.write_result(result, split)
+        return result
+
+    def write_result(self, result: Mapping[str, Any], split: str, steps: int | None = None) -> None:
+        """Log every number in ``result`` as ``{split}/{name}`` at ``steps`` (default: the global step)."""
+        write_scalars(self.writer, self.wandb, result, split, self.train_state.global_step if steps is None else steps)
+
+    # checkpoints: saving
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint payload: config, progress, RNG, loader positions, loop position and results."""
+        self.rng_state.capture()
+        return {
+            "runner": self.config.dict(),
+            "state": self.state.state_dict(),
+            "dataloaders": self.dataloader_state_dict(),
+            "loop": self.loop_state.state_dict(),
+            "results": self.results.dict(),
+        }
+
+    def dataloader_state_dict(self) -> dict[str, Any]:
+        """Positions of the training loaders (evaluation loaders always start from their beginning)."""
+        training = set(self.train_splits)
+        return {split: state for split, state in self.dataloaders.state_dict().items() if split in training}
+
+    def save_checkpoint(
+        self,
+        name: str = "latest",
+        epochs: int | None = None,
+        save_best: bool = True,
+        last_step: bool = False,
+        force: bool = False,
+    ) -> bool:
+        r"""
+        Save a checkpoint if one is due (the manager's cadence), or always with ``force``/``last_step``.
+
+        Progress is the global step in step mode and the completed epochs in epoch mode
+        (``epochs``, if given, is the 0-based epoch just finished).  Returns whether a save was
+        written or queued.  Non-main processes return at once unless the manager is collective.
+        """
+        manager = self.checkpoint_manager
+        if manager is None or not (self.is_main_process or manager.is_collective):
+            return False
+        if self.is_step_mode:
+            progress = self.train_state.global_step
+        else:
+            progress = self.train_state.epoch if epochs is None else epochs + 1
+        best = save_best and self.is_best
+        return manager.save(self.state_dict, progress=progress, name=name, best=best, last_step=last_step, force=force)
+
+    def save_seed_checkpoint(self, name: str = "seed") -> bool:
+        """Save the untrained state as ``{name}.pth`` (for reproducing a run from its start)."""
+        if self.train_state.epoch or self.train_state.global_step:
+            warnings.warn(
+                "save_seed_checkpoint() is intended before training advances; "
+                f"current epoch={self.train_state.epoch}, global_step={self.train_state.global_step}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return self.save_checkpoint(name=name, save_best=False, last_step=True, force=True)
+
+    def save(self, obj: Any, file: str, main_process_only: bool = True, *args: Any, **kwargs: Any) -> str:
+        """Save ``obj`` to ``file`` by extension (``danling.utils.save``), on the main process only by default."""
+        if main_process_only and not self.is_main_process:
+            return file
+        return save_file(obj, file, *args, **kwargs)
+
+    # checkpoints: loading
+
+    def read_checkpoint(self, checkpoint: Any) -> Mapping[str, Any]:
+        """A checkpoint as a mapping: given one, or loaded from a path (``.safetensors`` holds a model only)."""
+        return read_checkpoint(checkpoint, self.workspace.checkpoint_dir)
+
+    @classmethod
+    def read_config(cls, checkpoint: Any) -> RunnerConfig:
+        """The ``RunnerConfig`` a checkpoint (mapping or path) was saved with."""
+        if isinstance(checkpoint, Mapping):
+            if checkpoint.get("runner") is None:
+                raise ValueError(
+                    "cannot read runner config: checkpoint is missing key 'runner'; use from_pretrained(...) for "
+                    "model-only checkpoints"
+                )
+            return RunnerConfig(checkpoint["runner"])
+        if isinstance(checkpoint, (str, bytes, os.PathLike)):
+            return read_checkpoint_config(checkpoint)
+        raise ValueError(
+            f"invalid checkpoint input: expected a mapping or path, got {type(checkpoint).__name__}: {checkpoint!r}"
+        )
+
+    def load_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
+        """Restore progress, RNG, loop position and results; refuse a semantically different config."""
+        if checkpoint.get("runner") is not None:
+            check_semantic_match(checkpoint["runner"], self.config)
+        self.state.load_state_dict(dict(checkpoint.get("state") or {}))
+        if isinstance(checkpoint.get("loop"), Mapping):
+            self.loop_state.load_state_dict(checkpoint["loop"])
+        if isinstance(checkpoint.get("results"), Mapping):
+            self.results = RoundDict()
+            for index, row in checkpoint["results"].items():
+                self.results[int(index)] = RoundDict(row)
+        self.rng_state.restore()
+
+    def load_checkpoint(self, checkpoint: Any) -> None:
+        r"""
+        Restore a full checkpoint: state, model, EMA, optimizer, scheduler, dataloaders (in that order).
+
+        A component the runner has must be in the checkpoint; an entry the runner has no
+        component for is ignored.  ``checkpoint.exclude_from_loading`` skips entries.  A path
+        input is remembered in ``config.resume``.
+        """
+        payload, excluded = apply_exclusions(
+            self.read_checkpoint(checkpoint), self.config.checkpoint.exclude_from_loading
+        )
+        if "runner" in excluded:
+            payload = {key: value for key, value in payload.items() if key != "runner"}
+        self.load_state_dict(payload)
+        if not excluded.intersection(MODEL_KEYS):
+            if payload.get("model") is not None:
+                self.load_model(payload["model"])
+            elif self.model is not None:
+                raise ValueError(
+                    "cannot restore model: checkpoint has no model state\n"
+                    "Use `load_pretrained` only for model-only checkpoints with model/ema payloads"
+                )
+        for component, label in (
+            ("ema", "EMA state"),
+            ("optimizer", "optimizer state"),
+            ("scheduler", "scheduler state"),
+        ):
+            if component not in excluded and (getattr(self, component) is not None or component in payload):
+                self._load_component(component, label, payload.get(component))
+        if "dataloaders" not in excluded and isinstance(payload.get("dataloaders"), Mapping):
+            self.dataloaders.load_state_dict(payload["dataloaders"])
+        if isinstance(checkpoint, (str, bytes, os.PathLike)):
+            self.config.resume = os.fsdecode(checkpoint)
+
+    def _load_component(self, component: str, label: str, state: Any) -> None:
+        load_component(getattr(self, component), component, label, state)
+
+    def load_model(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if self.model is None:
+            raise ValueError("cannot restore model: model is not initialized")
+        return self.unwrap(self.model).load_state_dict(state_dict, *args, **kwargs)
+
+    def load_ema(self, state_dict: Any) -> None:
+        self._load_component("ema", "EMA state", state_dict)
+
+    def load_optimizer(self, state_dict: Any) -> None:
+        self._load_component("optimizer", "optimizer state", state_dict)
+
+    def load_scheduler(self, state_dict: Any) -> None:
+        self._load_component("scheduler", "scheduler state", state_dict)
+
+    def load_pretrained(self, checkpoint: Any) -> None:
+        r"""
+        Load model weights only (from ``ema`` when present, else ``model``), e.g. to fine-tune.
+
+        ``checkpoint`` is a mapping, a ``.pth`` checkpoint or a ``model.safetensors`` export.
+        """
+        if self.model is None:
+            raise ValueError("cannot load pretrained weights: model is not initialized")
+        payload = self.read_checkpoint(checkpoint)
+        weights = payload.get("ema") if payload.get("ema") is not None else payload.get("model")
+        if weights is None:
+            weights = payload.get("model_parts")
+        if weights is None:
+            raise ValueError(
+                "cannot load pretrained weights: checkpoint has no EMA or model state\n"
+                "Use `load_checkpoint` for full checkpoint restore instead of `load_pretrained`"
+            )
+        self.load_model(weights)
+        is_path = isinstance(checkpoint, (str, bytes, os.PathLike))
+        self.config.pretrained = os.fsdecode(checkpoint) if is_path else None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Any) -> BaseRunner:
+        """A runner built from the config stored in ``checkpoint``, with the checkpoint fully restored."""
+        config = cls.read_config(checkpoint)
+        config.resume, config.auto_resume, config.pretrained = None, False, None
+        runner = cls(config)
+        runner.load_checkpoint(checkpoint)
+        return runner
+
+    @classmethod
+    def from_pretrained(cls, config: RunnerConfig | Mapping[str, Any], checkpoint: Any) -> BaseRunner:
+        """A runner built from ``config`` whose model starts from the weights in ``checkpoint``."""
+        prepared = RunnerConfig(config.dict() if isinstance(config, RunnerConfig) else config)
+        prepared.resume, prepared.auto_resume, prepared.pretrained = None, False, None
+        runner = cls(prepared)
+        runner.load_pretrained(checkpoint)
+        return runner
+
+    def auto_restore(self) -> None:
+        r"""
+        Restore what the config asks for, by precedence: ``resume`` > ``auto_resume`` > ``pretrained``.
+
+        ``auto_resume`` resumes from this run's ``latest`` checkpoint when it exists and starts
+        from scratch otherwise (so one job script serves the first start and every restart).
+        """
+        resume, auto_resume, pretrained = self.config.resume, self.config.auto_resume, self.config.pretrained
+        if resume and auto_resume and pretrained:
+            warnings.warn(
+                "`config.resume`, `config.auto_resume`, and `config.pretrained` are all set; precedence is "
+                "`resume` > `auto_resume` > `pretrained`",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if resume:
+            self.load_checkpoint(resume)
+        elif auto_resume:
+            latest = os.path.join(self.workspace.checkpoint_dir, "latest.pth")
+            if os.path.isfile(latest):
+                self.load_checkpoint(latest)
+            else:
+                print(f"auto_resume: no checkpoint at {latest}; starting from scratch")
+        elif pretrained:
+            self.load_pretrained(pretrained)
+
+    def unwrap(self, model: Any) -> Any:
+        return model
+
+    def prepare_for_shutdown_checkpoint(self) -> None:
+        """Bring the run to a state worth saving before an emergency checkpoint."""
+
+    # loops: implemented by concrete runners
+
+    def train(self, train_splits: Any = None, evaluate_splits: Any = None) -> RoundDict:
+        raise NotImplementedError(f"{type(self).__name__} does not implement train()")
+
+    def evaluate(self, evaluate_splits: Any = None) -> RoundDict:
+        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")
+
+    def infer(self, split: str = "infer", *, steps: int | None = None, stream: bool | None = None) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement infer()")
+
+    # shutdown
+
+    def close(self, timeout: float | None = None) -> bool:
+        r"""
+        Finish pending checkpoint writes, then release the logger, TensorBoard, W&B and ``print``.
+
+        ``timeout`` defaults to ``checkpoint.wait_timeout``.  Returns ``False`` (and keeps
+        everything open, so ``close`` can be retried) when pending writes did not finish in time.
+        Safe to call more than once.
+        """
+        timeout = self.config.checkpoint.wait_timeout if timeout is None else timeout
+        error: BaseException | None = None
+        drained = True
+        if self.checkpoint_manager is not None:
+            try:
+                drained = self.checkpoint_manager.close(timeout)
+            except Exception as caught:  # release everything else, then report it
+                error = caught
+        if error is None and not drained:
+            warnings.warn("runner close: timed out while draining async checkpoints", RuntimeWarning, stacklevel=2)
+            return False
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+            self.writer = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+        self.workspace.close()
+        self.logger = None
+        if error is not None:
+            raise error
+        return drained
+
+
+def _is_train_split(split: str, data: Any) -> bool:
+    return split == "train" or bool(getattr(data, "train", False)) or getattr(data, "split", None) == "train"

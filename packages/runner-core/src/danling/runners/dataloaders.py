@@ -1,0 +1,136 @@
+"""Build the runner's ``StatefulDataLoader``\\ s from its datasets and ``config.dataloader``.
+
+``StatefulDataLoader`` (torchdata) is a drop-in ``DataLoader`` whose ``state_dict()`` records
+the position in the current pass, the sampler's random state and the workers' state, so a
+resumed run continues with the very next batch.  Each loader gets its own sampler and random
+generator, so building an iterator never draws from the global torch generator (which would
+shift dropout and other random draws after a resume).
+
+Training splits shuffle and drop the last partial batch by default, other splits do neither;
+``config.dataloader`` overrides any keyword, and ``config.dataloader.<split>`` overrides it for
+one split.  When the run is distributed, a ``DistributedSampler`` gives each rank its shard.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, IterableDataset, Sampler, SequentialSampler
+from torch.utils.data.distributed import DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import RandomSampler
+
+__all__ = ["build_dataloader", "build_sampler", "loader_kwargs", "loader_length", "set_sampler_epoch"]
+
+
+def _draw_seed() -> int:
+    """A seed from the global torch generator (reproducible once the run is seeded)."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
+
+
+def loader_kwargs(config: Mapping[str, Any] | None, split: str, *, is_train: bool, splits: set[str]) -> dict[str, Any]:
+    r"""
+    Keyword arguments of ``split``'s loader: runner defaults, then ``config``, then ``config[split]``.
+
+    Keys whose value is ``None`` are left out, so the loader's own default applies.  Other
+    splits' override sections (``config[other_split]``) are ignored.
+
+    Examples:
+        >>> loader_kwargs({"batch_size": 8, "val": {"batch_size": 32}}, "val", is_train=False, splits={"train", "val"})
+        {'shuffle': False, 'drop_last': False, 'batch_size': 32}
+        >>> loader_kwargs({"batch_size": 8, "shuffle": None}, "train", is_train=True, splits={"train"})
+        {'shuffle': True, 'drop_last': True, 'batch_size': 8}
+    """
+    kwargs: dict[str, Any] = {"shuffle": is_train, "drop_last": is_train}
+    config = config or {}
+    for key, value in config.items():
+        if key not in splits and value is not None:
+            kwargs[key] = value
+    override = config.get(split) if split in config else None
+    if override is not None:
+        if not isinstance(override, Mapping):
+            raise ValueError(f"dataloader.{split} must be a mapping of loader arguments, got {override!r}")
+        kwargs.update({key: value for key, value in override.items() if value is not None})
+    return kwargs
+
+
+def build_sampler(
+    dataset: Dataset, *, shuffle: bool, world_size: int = 1, rank: int = 0, seed: int | None = None
+) -> Sampler | None:
+    r"""
+    The sampler of a map-style dataset: sharded across ranks when ``world_size > 1``, shuffled or in order.
+
+    Returns ``None`` for an ``IterableDataset`` (it orders itself).  The shuffling sampler is
+    torchdata's ``RandomSampler``, whose generator state is part of the loader's ``state_dict``.
+
+    Examples:
+        >>> type(build_sampler(list(range(4)), shuffle=True)).__name__
+        'RandomSampler'
+        >>> list(build_sampler(list(range(4)), shuffle=False))
+        [0, 1, 2, 3]
+    """
+    if isinstance(dataset, IterableDataset):
+        return None
+    seed = _draw_seed() if seed is None else seed
+    if world_size > 1:
+        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+    if shuffle:
+        return RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    return SequentialSampler(dataset)
+
+
+def build_dataloader(
+    dataset: Dataset,
+    kwargs: Mapping[str, Any],
+    *,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    world_size: int = 1,
+    rank: int = 0,
+) -> StatefulDataLoader:
+    r"""
+    A ``StatefulDataLoader`` over ``dataset`` with its own sampler and generator.
+
+    ``kwargs`` are ``StatefulDataLoader`` arguments; ``shuffle`` goes to the sampler.
+
+    Examples:
+        >>> loader = build_dataloader(list(range(6)), {"batch_size": 2, "shuffle": False})
+        >>> iterator = iter(loader); next(iterator)
+        tensor([0, 1])
+        >>> resumed = build_dataloader(list(range(6)), {"batch_size": 2, "shuffle": False})
+        >>> resumed.load_state_dict(loader.state_dict())
+        >>> next(iter(resumed))
+        tensor([2, 3])
+    """
+    kwargs = dict(kwargs)
+    shuffle = bool(kwargs.pop("shuffle", False))
+    sampler = build_sampler(dataset, shuffle=shuffle, world_size=world_size, rank=rank)
+    generator = torch.Generator().manual_seed(_draw_seed())
+    with warnings.catch_warnings():
+        # torchdata calls a torch API that newer torch deprecates on every construction.
+        warnings.filterwarnings("ignore", message=".*set_vital.*is deprecated", category=UserWarning)
+        return StatefulDataLoader(dataset, sampler=sampler, collate_fn=collate_fn, generator=generator, **kwargs)
+
+
+def loader_length(loader: Any) -> int | None:
+    r"""
+    ``len(loader)``, or ``None`` for loaders without a length (iterable datasets, generators).
+
+    Examples:
+        >>> loader_length([1, 2, 3]), loader_length(iter([1, 2, 3])) is None
+        (3, True)
+    """
+    try:
+        return len(loader)
+    except (TypeError, NotImplementedError):
+        return None
+
+
+def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """Tell the loader's samplers which pass comes next (``DistributedSampler`` shuffles by epoch)."""
+    for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        set_epoch = getattr(sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)

@@ -1,0 +1,385 @@
+"""The runner's loops: training by epochs or by steps, evaluation and inference.
+
+Each function takes the runner and drives it through its documented methods (``train_step``,
+``evaluate_step``, ``infer_step``, ``save_checkpoint`` ...), so a subclass that overrides one of
+them changes the loop without copying it.  Read ``train_epochs`` and ``train_epoch`` (or
+``train_steps`` and ``train_split_steps``) top to bottom to see a whole run.
+
+``LoopState`` records where training is inside an epoch or a round (which split, how many of
+its batches are done, how many passes over each split are complete).  It is saved with every
+checkpoint next to the dataloaders' positions, so a run resumed from any optimizer step trains
+on exactly the batches an uninterrupted run would, in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from danling.metrics import RoundDict
+
+from .dataloaders import loader_length, set_sampler_epoch
+from .reporting import format_epoch_line
+from .step import loss_normalizer
+from .utils import RunnerMode
+
+if TYPE_CHECKING:
+    from .torch_runner import TorchRunner
+
+__all__ = [
+    "LoopState",
+    "evaluate",
+    "evaluate_epoch",
+    "infer",
+    "train_epoch",
+    "train_epochs",
+    "train_split_steps",
+    "train_steps",
+]
+
+_END = object()
+
+
+@dataclass
+class LoopState:
+    r"""
+    Where training is inside the current epoch (epoch mode) or round (step mode).
+
+    Attributes:
+        split: Training split in progress, ``None`` between splits.
+        target: Step mode: the global step at which ``split``'s turn in the round ends.
+        done: Training splits already finished in this epoch (their pass) or round (their turn).
+        batches: Batches of each training split's current pass already trained on.
+        passes: Completed passes over each training split (the sampler epoch in step mode).
+
+    Examples:
+        >>> state = LoopState(split="train", done=["extra"], batches={"train": 3}, passes={"train": 1})
+        >>> restored = LoopState(); restored.load_state_dict(state.state_dict()); restored == state
+        True
+    """
+
+    split: str | None = None
+    target: int | None = None
+    done: list[str] = field(default_factory=list)
+    batches: dict[str, int] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)
+
+    def remaining(self, splits: Sequence[str]) -> list[str]:
+        """The ``splits`` this epoch or round still has to train (all but ``done``)."""
+        return [split for split in splits if split not in self.done]
+
+    def begin(self, split: str, target: int | None = None) -> bool:
+        """Start ``split`` (or continue it after a resume); return whether it was continued."""
+        if self.split == split:
+            return True
+        self.split, self.target = split, target
+        return False
+
+    def end_pass(self, split: str) -> None:
+        """Record a completed pass over ``split``."""
+        self.passes[split] = self.passes.get(split, 0) + 1
+        self.batches[split] = 0
+
+    def finish(self, split: str) -> None:
+        """Record that ``split`` is done for this epoch or round."""
+        self.split, self.target = None, None
+        if split not in self.done:
+            self.done.append(split)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "target": self.target,
+            "done": list(self.done),
+            "batches": dict(self.batches),
+            "passes": dict(self.passes),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.split = state_dict.get("split")
+        self.target = state_dict.get("target")
+        self.done = [str(split) for split in state_dict.get("done") or []]
+        self.batches = {str(split): int(count) for split, count in dict(state_dict.get("batches") or {}).items()}
+        self.passes = {str(split): int(count) for split, count in dict(state_dict.get("passes") or {}).items()}
+
+
+def _begin(runner: TorchRunner, mode: RunnerMode, split: str, metrics: Any) -> None:
+    runner.mode = mode
+    runner.split = split
+    runner.meters.reset()
+    runner.metrics = metrics
+    if metrics is not None:
+        metrics.reset()
+
+
+def _train_batch(runner: TorchRunner, batch: Any) -> None:
+    """One micro-batch: weigh it, run ``train_step``, record loss and learning rate."""
+    normalizer = loss_normalizer(batch, runner.criterion)
+    runner.set_loss_normalizer(normalizer)
+    _, loss = runner.train_step(batch)
+    if loss is not None:
+        runner.meters["loss"].update(loss.detach(), n=normalizer or 1)
+    if runner.optimizer is not None:
+        runner.meters["lr"].update(runner.lr)
+
+
+def _after_update(runner: TorchRunner, step_before: int) -> None:
+    """Save a step-cadence checkpoint when this batch completed an optimizer step on the cadence."""
+    step = runner.train_state.global_step
+    interval = runner.checkpoint_interval
+    if runner.is_step_mode and step != step_before and interval > 0 and step % interval == 0:
+        runner.save_checkpoint()
+
+
+# epoch mode
+
+
+def train_epochs(runner: TorchRunner, train_splits: Sequence[str], evaluate_splits: Sequence[str]) -> RoundDict:
+    """Train epoch after epoch until ``config.epochs``, evaluating and saving after each."""
+    total = runner.epochs
+    if total is None:
+        raise ValueError("cannot run epoch-mode training: config.epochs is not set")
+    state, loop = runner.train_state, runner.loop_state
+    print(f"train: epoch mode start epoch={state.epoch} total_epochs={total}")
+    for epoch in range(state.epoch, total):
+        state.epoch = epoch
+        result = RoundDict()
+        for split in loop.remaining(train_splits):
+            result[split] = runner.train_epoch(split)
+        for split in evaluate_splits:
+            result[split] = runner.evaluate_epoch(split)
+        runner.step_epoch_scheduler(result)
+        runner.append_result(result, index=epoch)
+        print(format_epoch_line(result, epoch + 1, total))
+        runner.save_result()
+        state.epoch = epoch + 1
+        loop.done.clear()
+        stop = runner.should_stop_early()
+        if epoch + 1 < total and not stop:
+            runner.save_checkpoint()  # the final save below covers the last epoch
+        if stop:
+            print("train: early-stop triggered")
+            break
+    runner.save_checkpoint(last_step=True)
+    return runner.results
+
+
+def train_epoch(runner: TorchRunner, split: str = "train") -> RoundDict:
+    """One pass over ``split`` (the rest of it, after a resume); return the epoch's averages."""
+    loader = runner.dataloaders[split]
+    loop = runner.loop_state
+    if not loop.begin(split):
+        loop.batches[split] = 0
+    set_sampler_epoch(loader, runner.train_state.epoch)
+    _begin(runner, RunnerMode.train, split, runner.train_metrics)
+    length = loader_length(loader)
+    progress = runner.loop_progress(split, total=length, start=loop.batches[split])
+    try:
+        for batch in loader:
+            iteration = loop.batches[split]
+            _train_batch(runner, batch)
+            loop.batches[split] = iteration + 1
+            progress.advance()
+            if progress.due(iteration):
+                runner.step_log(split, iteration + 1, length, progress=progress)
+        loop.end_pass(split)
+        loop.finish(split)  # before the partial-window step, which may be checkpointed
+        runner.flush_gradients()
+    finally:
+        progress.close()
+    return runner.get_epoch_result()
+
+
+# step mode
+
+
+def _split_budget(remaining_steps: int, remaining_splits: int, loader: Any, accum_steps: int) -> int:
+    """Optimizer steps ``loader``'s split gets in this round: a fair share, at most one pass."""
+    if remaining_steps <= 0:
+        return 0
+    fair = max(math.ceil(remaining_steps / max(remaining_splits, 1)), 1)
+    length = loader_length(loader)
+    if length is None:
+        return min(fair, remaining_steps)
+    return min(fair, max(math.ceil(length / accum_steps), 1), remaining_steps)
+
+
+def train_steps(runner: TorchRunner, train_splits: Sequence[str], evaluate_splits: Sequence[str]) -> RoundDict:
+    """Train until ``config.steps`` optimizer steps, in rounds over the splits; then evaluate once."""
+    total = runner.steps
+    if total is None:
+        raise ValueError("cannot run step-mode training: config.steps could not be resolved")
+    state, loop = runner.train_state, runner.loop_state
+    print(f"train: step mode start global_step={state.global_step} steps={total}")
+    iterators: dict[str, Iterator | None] = {}
+    result = RoundDict()
+    while state.global_step < total:
+        start = state.global_step
+        round_result = RoundDict()
+        splits = loop.remaining(train_splits)
+        for index, split in enumerate(splits):
+            target = loop.target if loop.split == split and loop.target is not None else None
+            if target is None:
+                budget = _split_budget(
+                    total - state.global_step, len(splits) - index, runner.dataloaders[split], runner.accum_steps
+                )
+                target = state.global_step + budget
+            round_result[split] = runner.train_split_steps(split, target, iterators)
+        if state.global_step == start:
+            warnings.warn(
+                f"step-mode training made no progress after one full split pass (target={total}, "
+                f"reached={state.global_step}, remaining={total - state.global_step})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            break
+        runner.step_epoch_scheduler(round_result)
+        result = round_result
+        state.epoch += 1
+        loop.done.clear()
+    if state.global_step < total:
+        warnings.warn(
+            f"step-mode training finished with {total - state.global_step} step(s) remaining "
+            f"(target={total}, reached={state.global_step})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    for split in evaluate_splits:
+        result[split] = runner.evaluate_steps(split)
+    runner.append_result(result, index=state.global_step)
+    print(format_epoch_line(result, None, None))
+    runner.save_result()
+    runner.save_checkpoint(last_step=True)
+    return runner.results
+
+
+def train_split_steps(
+    runner: TorchRunner, split: str, target: int, iterators: dict[str, Iterator | None] | None = None
+) -> RoundDict:
+    """Train on ``split`` until ``global_step == target``, continuing its pass and starting new ones as needed."""
+    loader = runner.dataloaders[split]
+    state, loop = runner.train_state, runner.loop_state
+    iterators = {} if iterators is None else iterators
+    loop.begin(split, target)
+    _begin(runner, RunnerMode.train, split, runner.train_metrics)
+    progress = runner.loop_progress(split, total=max(target - state.global_step, 0))
+    try:
+        while state.global_step < target:
+            iterator = iterators.get(split)
+            if iterator is None:
+                set_sampler_epoch(loader, loop.passes.get(split, 0))
+                iterator = iterators[split] = iter(loader)
+            batch = next(iterator, _END)
+            step_before = state.global_step
+            if batch is _END:  # the pass is over: apply a partial window, start the next pass
+                empty = loop.batches.get(split, 0) == 0
+                loop.end_pass(split)
+                iterators[split] = None
+                runner.flush_gradients()
+            else:
+                _train_batch(runner, batch)
+                loop.batches[split] = loop.batches.get(split, 0) + 1
+            if state.global_step != step_before:
+                progress.advance()
+                _after_update(runner, step_before)
+                if progress.interval > 0 and (
+                    state.global_step % progress.interval == 0 or state.global_step == target
+                ):
+                    runner.step_log(split, state.global_step, runner.steps, progress=progress)
+            if batch is _END and empty:
+                break
+    finally:
+        progress.close()
+    loop.finish(split)
+    return runner.get_epoch_result()
+
+
+# evaluation and inference
+
+
+@torch.inference_mode()
+def evaluate_epoch(runner: TorchRunner, split: str = "val", steps: int | None = None) -> RoundDict:
+    """Evaluate on ``split`` (its first ``steps`` batches, or all); return the averages."""
+    if steps is not None and steps < 0:
+        raise ValueError(f"invalid steps: expected a non-negative value, got {steps}")
+    loader = runner.dataloaders[split]
+    _begin(runner, RunnerMode.evaluate, split, runner.evaluate_metrics)
+    length = loader_length(loader)
+    total = length if steps is None else (steps if length is None else min(steps, length))
+    progress = runner.loop_progress(split, total=total)
+    loss_meter = runner.meters["loss"]
+    consumed = 0
+    try:
+        for batch in loader:
+            if steps is not None and consumed >= steps:
+                break
+            normalizer = loss_normalizer(batch, runner.criterion)
+            _, loss = runner.evaluate_step(batch)
+            if loss is not None:
+                loss_meter.update(loss, n=normalizer or 1)
+            progress.advance()
+            if progress.due(consumed):
+                runner.step_log(split, consumed + 1, total, progress=progress)
+            consumed += 1
+    finally:
+        progress.close()
+    if steps is not None and consumed < steps:
+        raise ValueError(
+            f"evaluate steps exhausted early on split '{split}': requested {steps} step(s), got {consumed}"
+        )
+    result = runner.get_epoch_result()
+    runner.write_result(
+        result, split, runner.train_state.global_step if runner.is_step_mode else runner.train_state.epoch
+    )
+    return result
+
+
+def evaluate(runner: TorchRunner, splits: Sequence[str]) -> RoundDict:
+    """Evaluate each split once; print and return ``{split: result}`` (not added to ``results``)."""
+    print("evaluate: start")
+    print(f"evaluate: splits={list(splits)}")
+    result = RoundDict()
+    for split in splits:
+        result[split] = runner.evaluate_epoch(split)
+    print(format_epoch_line(result, None, None))
+    return result
+
+
+@torch.inference_mode()
+def _infer_batches(runner: TorchRunner, loader: Any, steps: int | None) -> Iterator[list[Any]]:
+    for iteration, batch in enumerate(loader):
+        if steps is not None and iteration >= steps:
+            return
+        yield runner.infer_step(batch)
+
+
+def infer(runner: TorchRunner, split: str, *, steps: int | None = None, stream: bool | None = None) -> Any:
+    """Predictions over ``split``: a flat list, or a generator of per-batch lists when streaming."""
+    loader = runner.dataloaders[split]
+    if steps is not None and steps < 0:
+        raise ValueError(f"invalid steps: expected a non-negative value, got {steps}")
+    length = loader_length(loader)
+    if stream is None:
+        stream = steps is None and length is None
+    if not stream and length is None and steps is None:
+        raise ValueError("infer with stream=False requires `steps` for unsized loaders")
+    runner.mode = RunnerMode.infer
+    runner.split = split
+    batches = _infer_batches(runner, loader, steps)
+    if stream:
+        return batches
+    total = length if steps is None else (steps if length is None else min(steps, length))
+    progress = runner.loop_progress(split, total=total)
+    outputs: list[Any] = []
+    try:
+        for values in batches:
+            outputs.extend(values)
+            progress.advance()
+    finally:
+        progress.close()
+    return outputs

@@ -1,0 +1,215 @@
+"""What the runner shows while it works: log lines, progress bars and scalar logs.
+
+- ``format_result`` / ``format_step_line`` / ``format_epoch_line``: the text of progress and
+  result lines.
+- ``LoopProgress``: one loop's progress.  On an interactive terminal it is a tqdm bar whose
+  postfix shows the latest numbers; otherwise it prints a plain line every ``interval``
+  iterations (and the log file gets those lines either way).
+- ``build_tensorboard_writer`` / ``write_scalars``: ``{split}/{metric}`` scalars for TensorBoard
+  and Weights & Biases.
+
+Formatting reads numbers off the device, so it happens only when a line is actually shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import IO, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .results import flatten_result
+
+__all__ = [
+    "LoopProgress",
+    "build_tensorboard_writer",
+    "format_epoch_line",
+    "format_result",
+    "format_step_line",
+    "is_interactive",
+    "log_to_files",
+    "write_scalars",
+]
+
+_VERBS = {"train": "training", "evaluate": "evaluating", "infer": "inferring"}
+
+
+def _format_value(value: Any, spec: str) -> str:
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    text = format(value, spec)
+    if value != 0 and spec.endswith("f") and float(text) == 0:  # e.g. a small learning rate
+        return format(value, ".3e")
+    return text
+
+
+def format_result(result: Mapping[str, Any], spec: str = ".4f") -> str:
+    r"""
+    ``result`` as text: numbers as ``name: value`` joined by tabs; each nested mapping on its own
+    line as ``key: <its numbers>``.
+
+    Examples:
+        >>> format_result({"loss": 0.123456, "steps": 3, "lr": 2e-6})
+        'loss: 0.1235\tsteps: 3\tlr: 2.000e-06'
+        >>> print(format_result({"train": {"loss": 0.5}, "val": {"loss": 0.25, "acc": torch.tensor(0.875)}}))
+        train: loss: 0.5000
+        val: loss: 0.2500	acc: 0.8750
+    """
+    scalars = [
+        f"{key}: {_format_value(value, spec)}" for key, value in result.items() if not isinstance(value, Mapping)
+    ]
+    lines = ["\t".join(scalars)] if scalars else []
+    lines += [f"{key}: {format_result(value, spec)}" for key, value in result.items() if isinstance(value, Mapping)]
+    return "\n".join(lines)
+
+
+def format_step_line(mode: str, split: str, iteration: int, length: int | None, result: Mapping[str, Any]) -> str:
+    r"""
+    A progress line: ``training on train [12/100]\tloss: 0.4000``.
+
+    Examples:
+        >>> format_step_line("train", "train", 12, None, {"loss": 0.4})
+        'training on train [12/∞]\tloss: 0.4000'
+    """
+    verb = _VERBS.get(str(mode), f"running in {mode}")
+    return f"{verb} on {split} [{iteration}/{'∞' if length is None else length}]\t{format_result(result)}"
+
+
+def format_epoch_line(result: Mapping[str, Any], epoch: int | None, total_epochs: int | None) -> str:
+    r"""
+    An epoch summary: ``epoch [e/E]`` (``epoch`` counted from 1 here) and the result, one split per line.
+
+    Examples:
+        >>> print(format_epoch_line({"train": {"loss": 0.5}, "val": {"loss": 0.25}}, 1, 10))
+        epoch [1/10]
+        train: loss: 0.5000
+        val: loss: 0.2500
+    """
+    text = format_result(result)
+    if epoch is None:
+        return text
+    prefix = f"epoch [{epoch}/{total_epochs}]" if total_epochs is not None else f"epoch [{epoch}]"
+    return f"{prefix}\n{text}" if text else prefix
+
+
+def is_interactive(stream: IO | None = None) -> bool:
+    """Whether ``stream`` (default: standard output) is a terminal, where a progress bar can redraw."""
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return bool(callable(isatty) and isatty())
+
+
+def log_to_files(logger: logging.Logger | None, message: str) -> None:
+    """Write ``message`` at INFO to ``logger``'s file handlers only (the console shows a progress bar)."""
+    if logger is None:
+        return
+    handlers = [handler for handler in logger.handlers if isinstance(handler, logging.FileHandler)]
+    if not handlers:
+        return
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, None, None)
+    for handler in handlers:
+        handler.handle(record)
+
+
+class LoopProgress:
+    r"""
+    Progress of one loop over a split.
+
+    Args:
+        description: Shown before the bar (``"train"``, ``"evaluate val"`` ...).
+        total: Iterations in the loop, if known.
+        interval: Report every ``interval`` iterations (and at the last one); ``<= 0`` never.
+        emit: Writes a full line: ``emit(line, console)``; ``console=False`` asks for the log
+            file only (the bar already shows the numbers).
+        stream: Where the bar draws; ``None`` means no bar (plain lines).
+        start: Iterations already done (a resumed loop).
+
+    Examples:
+        >>> lines = []
+        >>> progress = LoopProgress("train", total=5, interval=2, emit=lambda line, console: lines.append(line))
+        >>> [progress.due(i) for i in range(5)]
+        [False, True, False, True, True]
+        >>> progress.report("step 2", {"loss": 0.5}); progress.close(); lines
+        ['step 2']
+    """
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        total: int | None,
+        interval: int,
+        emit: Callable[[str, bool], None],
+        stream: IO | None = None,
+        start: int = 0,
+    ) -> None:
+        self.total = total
+        self.interval = interval
+        self.emit = emit
+        self.last_time = time.perf_counter()
+        self.last_iteration = start - 1
+        self.bar = None
+        if stream is not None:
+            self.bar = tqdm(total=total, initial=start, desc=description, file=stream, leave=False, dynamic_ncols=True)
+
+    def due(self, iteration: int) -> bool:
+        """Whether iteration ``iteration`` (0-based) gets a report: every ``interval``-th and the last."""
+        if self.interval <= 0:
+            return False
+        return (iteration + 1) % self.interval == 0 or (self.total is not None and iteration + 1 == self.total)
+
+    def advance(self) -> None:
+        """Count one iteration (moves the bar)."""
+        if self.bar is not None:
+            self.bar.update()
+
+    def seconds_per_iteration(self, iteration: int) -> float:
+        """Wall time per iteration since the previous call."""
+        now = time.perf_counter()
+        elapsed = (now - self.last_time) / max(iteration - self.last_iteration, 1)
+        self.last_time, self.last_iteration = now, iteration
+        return elapsed
+
+    def report(self, line: str, result: Mapping[str, Any]) -> None:
+        """Show a report: the bar's postfix and the log file on a terminal, a plain line otherwise."""
+        if self.bar is None:
+            self.emit(line, True)
+            return
+        self.bar.set_postfix_str(format_result(result, ".4g").replace("\t", " ").replace("\n", " | "), refresh=False)
+        self.emit(line, False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def build_tensorboard_writer(log_dir: str) -> Any:
+    """A ``SummaryWriter`` writing to ``log_dir`` (needs the ``tensorboard`` package)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=log_dir)
+
+
+def write_scalars(writer: Any, wandb_run: Any, result: Mapping[str, Any], split: str, step: int) -> None:
+    r"""
+    Log every number in ``result`` as ``{split}/{name}`` at ``step`` to TensorBoard and W&B (either may be ``None``).
+    """
+    if writer is None and wandb_run is None:
+        return
+    scalars = {f"{split}/{name}": value for name, value in flatten_result(result).items()}
+    if writer is not None:
+        for name, value in scalars.items():
+            with contextlib.suppress(OSError):  # a full or vanished disk must not stop training
+                writer.add_scalar(name, value, step)
+    if wandb_run is not None and scalars:
+        wandb_run.log(scalars, step=step)

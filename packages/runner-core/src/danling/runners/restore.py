@@ -1,0 +1,114 @@
+"""How a checkpoint is read and applied: sources, excluded entries, and component rules.
+
+``read_checkpoint`` accepts a mapping, a ``.pth`` file (or a run or checkpoint directory, or a
+name such as ``"best"`` in the run's checkpoint folder) or a ``model.safetensors`` export.
+``apply_exclusions`` drops the entries ``checkpoint.exclude_from_loading`` names, and
+``load_component`` applies one entry with the rule every runner follows: a component the runner
+has must be in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .checkpoints import load_checkpoint, load_model_state
+
+#: ``checkpoint.exclude_from_loading`` spellings of component names.
+COMPONENT_ALIASES = {"data_loader": "dataloaders", "dataloader": "dataloaders", "lr_scheduler": "scheduler"}
+#: Entries that hold model weights; excluding any of them skips loading the model.
+MODEL_KEYS = ("model", "model_parts", "module")
+
+
+def read_checkpoint(checkpoint: Any, directory: str | None = None) -> Mapping[str, Any]:
+    r"""
+    A checkpoint as a mapping: ``checkpoint`` itself, or loaded from the path it names.
+
+    A ``.safetensors`` file is a model export and reads as ``{"model": weights}``; other paths
+    go through ``danling.runners.checkpoints.load_checkpoint`` (files, run or checkpoint
+    directories, and names such as ``"best"`` inside ``directory``).
+
+    Examples:
+        >>> read_checkpoint({"model": {}})
+        {'model': {}}
+        >>> read_checkpoint(3)
+        Traceback (most recent call last):
+        ValueError: invalid checkpoint input: expected a mapping or path, got int: 3
+    """
+    if isinstance(checkpoint, Mapping):
+        return checkpoint
+    if not isinstance(checkpoint, (str, bytes, os.PathLike)):
+        raise ValueError(
+            f"invalid checkpoint input: expected a mapping or path, got {type(checkpoint).__name__}: {checkpoint!r}"
+        )
+    path = os.fsdecode(checkpoint)
+    if path.endswith(".safetensors"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model export {path!r} does not exist")
+        return {"model": load_model_state(path)}
+    return load_checkpoint(path, directory)
+
+
+def apply_exclusions(
+    payload: Mapping[str, Any], entries: str | Sequence[str] | None
+) -> tuple[dict[str, Any], set[str]]:
+    r"""
+    ``payload`` without the entries ``entries`` names, and the set of excluded top-level components.
+
+    A top-level name (``"optimizer"``, ``"dataloader"`` ...) skips that component; a dotted
+    name (``"state.train"``) drops the nested key.  The input is never modified.
+
+    Examples:
+        >>> payload = {"state": {"train": {"global_step": 4}, "rng": {}}, "optimizer": {}}
+        >>> kept, excluded = apply_exclusions(payload, ["lr_scheduler", "state.train"])
+        >>> kept["state"], sorted(excluded), "train" in payload["state"]
+        ({'rng': {}}, ['scheduler'], True)
+    """
+    entries = [entries] if isinstance(entries, str) else list(entries or [])
+    payload, excluded = dict(payload), set()
+    for entry in entries:
+        parts = [part for part in str(entry).split(".") if part]
+        if not parts:
+            continue
+        parts[0] = COMPONENT_ALIASES.get(parts[0], parts[0])
+        if len(parts) == 1:
+            excluded.add(parts[0])
+            continue
+        node = payload
+        for part in parts[:-1]:  # copy the path down to the dropped key, never the caller's data
+            if not isinstance(node.get(part), Mapping):
+                break
+            node[part] = dict(node[part])
+            node = node[part]
+        else:
+            node.pop(parts[-1], None)
+    if "runner" in excluded:
+        warnings.warn(
+            "`checkpoint.exclude_from_loading` contains 'runner'; semantic runner config validation will be "
+            "skipped for this load.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return payload, excluded
+
+
+def load_component(target: Any, component: str, label: str, state: Any) -> None:
+    r"""
+    ``target.load_state_dict(state)``; nothing without a ``target``; an error when ``state`` is missing.
+
+    Examples:
+        >>> load_component(object(), "optimizer", "optimizer state", None)
+        Traceback (most recent call last):
+        ValueError: cannot restore optimizer: checkpoint has no optimizer state
+        Use `load_pretrained` for model-only checkpoints instead of `load_checkpoint`
+    """
+    if target is None:
+        return
+    if state is None:
+        raise ValueError(
+            f"cannot restore {component}: checkpoint has no {label}\n"
+            "Use `load_pretrained` for model-only checkpoints instead of `load_checkpoint`"
+        )
+    target.load_state_dict(state)

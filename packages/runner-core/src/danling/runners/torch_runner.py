@@ -1,0 +1,479 @@
+"""``TorchRunner``: train, evaluate and run inference with a PyTorch model, alone or under DDP.
+
+Subclass it, call ``super().__init__(config)`` first, then bind ``self.model`` (required),
+``self.criterion``, ``self.datasets[split]`` and optionally ``self.optimizer``,
+``self.scheduler``, ``self.ema``, ``self.train_metrics`` and ``self.evaluate_metrics``.  Once
+your ``__init__`` returns, ``__post_init__`` builds the rest in this order:
+
+1. dataloaders from ``self.datasets`` (``StatefulDataLoader``, resumable mid-epoch);
+2. the model on the device (compiled when ``compile.enable``, wrapped in DDP when distributed);
+3. the optimizer from ``config.optim`` and the scheduler from ``config.sched``, unless set;
+4. the optimizer container (accumulation, AMP loss scaling, clipping, non-finite skipping);
+5. the checkpoint manager, then a restore (``resume`` > ``auto_resume`` > ``pretrained``);
+6. the run's metadata files.
+
+Batches are ``{"input": x, "target": y}`` mappings, ``(x, y)`` sequences or bare inputs; a
+mapping input is passed as keyword arguments (``model(**x)``).  Override ``train_step``,
+``evaluate_step`` or ``infer_step`` for anything else.  The loops live in
+``danling.runners.loops``; the optimizer step in ``danling.runners.step``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from functools import cached_property
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data.dataloader import default_collate
+
+from danling.data import to_device
+from danling.metrics import RoundDict
+from danling.optim import BuiltScheduler
+
+from . import loops
+from .base_runner import BaseRunner
+from .config import RunnerConfig
+from .dataloaders import build_dataloader, loader_kwargs
+from .distributed import (
+    average_gradients,
+    broadcast_object,
+    destroy_process_group,
+    init_process_group_from_env,
+    is_initialized,
+)
+from .optim import build_optimizer, build_scheduler, monitored_metric, wrap_scheduler
+from .registry import normalize_stack_name
+from .step import (
+    OptimizerContainer,
+    autocast_dtype,
+    build_grad_scaler,
+    forward_context,
+    no_sync,
+    split_batch,
+)
+from .utils import RunnerMode
+
+__all__ = ["TorchRunner"]
+
+
+def _resolve_checkpoint_backend(config: RunnerConfig) -> str:
+    backend = config.checkpoint.resolved_backend()
+    if backend == "dcp":
+        raise NotImplementedError(
+            "checkpoint.backend='dcp' (torch.distributed.checkpoint) is not available in danling-runner-core "
+            "0.1; use 'file' (or 'auto'), which saves from the main process and works with DDP"
+        )
+    return "file"
+
+
+def _compile(model: nn.Module, config: Mapping[str, Any]) -> nn.Module:
+    """``torch.compile(model, ...)`` with the options set in ``config.compile`` (``None`` means torch's default)."""
+    kwargs = {key: config[key] for key in ("backend", "fullgraph", "dynamic", "mode") if config.get(key) is not None}
+    options = config.get("options")
+    if options is not None:
+        if not isinstance(options, Mapping):
+            raise ValueError(f"`compile.options` must be a mapping, got {type(options).__name__}")
+        kwargs["options"] = dict(options)
+    return torch.compile(model, **kwargs)
+
+
+class TorchRunner(BaseRunner):
+    r"""
+    PyTorch runner: epoch- or step-mode training, evaluation, inference, checkpoints and exact resume.
+
+    Attributes:
+        model: The model (after ``__post_init__``: on the device, maybe compiled and DDP-wrapped).
+        ema: Optional averaged model, used instead of ``model`` for evaluation and inference
+            (the runner does not update it: do that in ``optimizer_step``).
+        criterion: ``loss = criterion(pred, target)``.
+        optimizer / scheduler: Built from ``config.optim`` / ``config.sched`` unless set.
+        optimizer_container: Runs the optimizer step (see ``danling.runners.step``).
+        scaler: The ``GradScaler`` of fp16 training, else ``None``.
+
+    Examples:
+        >>> import tempfile
+        >>> class Regression(TorchRunner):
+        ...     def __init__(self, config):
+        ...         super().__init__(config)
+        ...         inputs = torch.linspace(-1, 1, 32).unsqueeze(1)
+        ...         self.datasets.train = torch.utils.data.TensorDataset(inputs, 3 * inputs)
+        ...         self.model = nn.Linear(1, 1)
+        ...         self.criterion = nn.MSELoss()
+        >>> runner = Regression({"epochs": 20, "seed": 0, "log": False, "workspace_root": tempfile.mkdtemp(),
+        ...                      "optim": {"type": "sgd", "lr": 0.5}, "dataloader": {"batch_size": 8}})
+        >>> results = runner.train()  # doctest: +ELLIPSIS
+        train: ...
+        >>> round(runner.model.weight.item(), 2), runner.train_state.global_step
+        (3.0, 80)
+        >>> runner.close()
+        True
+    """
+
+    optimizer_container: OptimizerContainer | None = None
+    schedule: BuiltScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+    owns_process_group: bool = False
+
+    def __init__(self, config: RunnerConfig | Mapping[str, Any]) -> None:
+        config = config if isinstance(config, RunnerConfig) else RunnerConfig(config)
+        config.stack = normalize_stack_name(config.get("stack"))
+        config.checkpoint.backend = _resolve_checkpoint_backend(config)
+        super().__init__(config)
+
+    def __post_init__(self) -> None:
+        self.require_model()
+        self.build_dataloaders()
+        self.materialize_model()
+        self.build_optimizer()
+        self.build_scheduler()
+        self.build_optimizer_container()
+        self.init_checkpoint_manager()
+        self.auto_restore()
+        super().__post_init__()
+
+    # processes and device
+
+    def init_distributed(self) -> None:
+        """Start the process group when launched with ``WORLD_SIZE > 1`` (``torchrun``); share rank 0's timestamp."""
+        self.owns_process_group = init_process_group_from_env(
+            backend=self.config.get("backend"),
+            init_method=self.config.get("init_method"),
+            timeout_seconds=self.config.comm.init_timeout_seconds,
+        )
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.workspace.timestamp = broadcast_object(self.workspace.timestamp)
+        self.elastic_state.restart_count = int(os.getenv("TORCHELASTIC_RESTART_COUNT", "0"))
+
+    @property
+    def device(self) -> torch.device:
+        """``cuda:{local_rank}`` when CUDA is available, else the CPU."""
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    @property
+    def mode(self) -> RunnerMode:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: RunnerMode | str) -> None:
+        mode = RunnerMode(mode)
+        if mode == self._mode:
+            return
+        self._mode = mode
+        for module in (self.model, self.ema):
+            if isinstance(module, nn.Module):
+                module.train(mode == RunnerMode.train)
+
+    def set_seed(self, seed: int | None = None, bias: int | bool | None = None) -> int:
+        """Like ``BaseRunner.set_seed``; without a seed, draw one on rank 0 and share it."""
+        if seed is None and self.config.seed is None:
+            seed = broadcast_object(int(torch.randint(0, 2**31 - 1, ()).item()))
+        return super().set_seed(seed, bias)
+
+    def set_deterministic(self) -> None:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
+
+    # setup, in __post_init__ order
+
+    def require_model(self) -> None:
+        if self.model is None:
+            raise ValueError(
+                "cannot initialize TorchRunner: model is not initialized; set `self.model` in your "
+                "runner's __init__ after `super().__init__(config)`"
+            )
+
+    def build_dataloaders(self) -> None:
+        """A ``StatefulDataLoader`` for each dataset without a loader (see ``danling.runners.dataloaders``)."""
+        config = self.config.get("dataloader") if "dataloader" in self.config else None
+        train_splits, splits = set(self.train_splits), set(self.datasets)
+        for split, dataset in self.datasets.items():
+            if split in self.dataloaders:
+                continue
+            kwargs = loader_kwargs(config, split, is_train=split in train_splits, splits=splits)
+            self.dataloaders[split] = build_dataloader(
+                dataset, kwargs, collate_fn=self.collate_fn, world_size=self.world_size, rank=self.rank
+            )
+
+    @staticmethod
+    def collate_fn(batch: list[Any]) -> Any:
+        """How samples become a batch; override for custom batching."""
+        return default_collate(batch)
+
+    def materialize_model(self) -> None:
+        """Move the model (and EMA) to the device, compile it if asked, and wrap it in DDP when distributed."""
+        model = self.model.to(self.device)
+        if self.config.compile.enable:
+            model = _compile(model, self.config.compile)
+        if self.distributed and is_initialized() and not isinstance(model, nn.parallel.DistributedDataParallel):
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        self.model = model
+        if isinstance(self.ema, nn.Module):
+            self.ema = self.ema.to(self.device)
+
+    def unwrap(self, model: Any) -> Any:
+        """The module under DDP and ``torch.compile`` wrappers (its ``state_dict`` has plain names)."""
+        while True:
+            if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+                model = model.module
+            elif hasattr(model, "_orig_mod"):
+                model = model._orig_mod
+            else:
+                return model
+
+    def build_optimizer(self) -> None:
+        """``self.optimizer`` from ``config.optim`` (or ``config.optimizer``) unless already set."""
+        optim_config = self.config.get("optim") or self.config.get("optimizer")
+        if self.optimizer is None and isinstance(optim_config, Mapping) and optim_config:
+            self.optimizer = build_optimizer(self.unwrap(self.model).named_parameters(), optim_config)
+
+    @property
+    def scheduler_config(self) -> Mapping[str, Any] | None:
+        sched = self.config.get("sched") or self.config.get("scheduler")
+        return sched if isinstance(sched, Mapping) and sched else None
+
+    def build_scheduler(self) -> None:
+        """``self.scheduler`` from ``config.sched``; its total length defaults to the run's optimizer steps."""
+        if self.scheduler is None and self.optimizer is not None and self.scheduler_config is not None:
+            self.schedule = build_scheduler(self.optimizer, self.scheduler_config, total_steps=self.steps)
+            self.scheduler = self.schedule.scheduler
+        elif self.scheduler is not None:
+            self.schedule = wrap_scheduler(self.scheduler, self.scheduler_config)
+        else:
+            self.schedule = None
+
+    def build_optimizer_container(self) -> None:
+        """Bind the optimizer, scheduler, fp16 ``GradScaler`` and gradient settings into one container."""
+        self.scaler = build_grad_scaler(self.device, self.autocast_dtype) if self.optimizer is not None else None
+        if self.optimizer is None:
+            self.optimizer_container = None
+            return
+        self.optimizer_container = OptimizerContainer(
+            self.optimizer,
+            self.schedule,
+            scaler=self.scaler,
+            max_grad_value=self.max_grad_value,
+            max_grad_norm=self.max_grad_norm,
+            skip_nonfinite_grad=self.skip_nonfinite_grad,
+            normalize=self.accum_steps > 1 or self.world_size > 1,
+            world_size=self.world_size,
+        )
+
+    # one training step
+
+    @cached_property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of ``config.precision`` (``None``: full precision)."""
+        return autocast_dtype(self.precision)
+
+    def forward_context(self) -> AbstractContextManager:
+        """Autocast for the forward pass and the loss, per ``config.precision``."""
+        return forward_context(self.device, self.autocast_dtype)
+
+    def train_context(self) -> AbstractContextManager:
+        """``no_sync()`` of a DDP model while a micro-batch does not end an accumulation window."""
+        accumulating = self.accum_steps > 1 and (self.train_state.micro_step + 1) % self.accum_steps != 0
+        ddp = [self.model] if isinstance(self.model, nn.parallel.DistributedDataParallel) else []
+        return no_sync(ddp, enabled=accumulating)
+
+    def to_device(self, data: Any) -> Any:
+        return to_device(data, self.device)
+
+    def _forward(self, model: Any, data: Any) -> tuple[Any, Any, Any]:
+        inputs, target = split_batch(data)
+        if model is None:
+            raise ValueError("cannot run a step: model is not initialized")
+        with self.forward_context():
+            pred = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+            loss = self.criterion(pred, target) if self.criterion is not None else None
+        return pred, target, loss
+
+    def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:
+        """Forward, loss, metrics, backward, and (at the end of an accumulation window) the optimizer step."""
+        data = self.to_device(data)
+        with self.train_context():
+            pred, target, loss = self._forward(self.model, data)
+            if loss is None:
+                raise ValueError("cannot run train_step: criterion did not produce a loss")
+            if self.metrics is not None and target is not None:
+                self.metrics.update(pred.detach(), target)
+            self.backward(loss)
+        self.step()
+        return pred, loss
+
+    def set_loss_normalizer(self, normalizer: int | None) -> None:
+        """Weight of the next micro-batch in its accumulation window (see ``step.loss_normalizer``)."""
+        if self.optimizer_container is not None:
+            self.optimizer_container.window.pending = normalizer
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.optimizer_container is not None:
+            self.optimizer_container.backward(loss)
+        else:
+            loss.backward()
+
+    def step(self) -> None:
+        """Count a micro-batch; step the optimizer when it completes an accumulation window."""
+        self.train_state.micro_step += 1
+        if self.train_state.micro_step % self.accum_steps == 0:
+            self.optimizer_step()
+
+    def optimizer_step(self) -> bool:
+        """Apply the accumulated gradients; ``global_step`` counts applied (not skipped) updates."""
+        if self.optimizer_container is None:
+            raise ValueError(
+                "cannot perform optimizer step: no optimizer is configured; set `self.optimizer`, implement "
+                "`build_optimizer()`, or override `optimizer_step()`"
+            )
+        if self.checkpoint_manager is not None:
+            self.checkpoint_manager.maybe_wait_for_staging()
+        applied = self.optimizer_container.step()
+        if applied:
+            self.train_state.global_step += 1
+        return applied
+
+    def flush_gradients(self) -> bool:
+        """Step on a partial accumulation window (a loader ran out mid-window); ``False`` if none was pending."""
+        remainder = self.train_state.micro_step % self.accum_steps
+        if self.accum_steps <= 1 or remainder == 0:
+            return False
+        if isinstance(self.model, nn.parallel.DistributedDataParallel):
+            average_gradients(self.model.parameters())  # accumulated under no_sync()
+        self.train_state.micro_step += self.accum_steps - remainder  # the next window starts aligned
+        return self.optimizer_step()
+
+    def prepare_for_shutdown_checkpoint(self) -> None:
+        self.flush_gradients()
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the optimizer's first parameter group."""
+        if self.optimizer_container is not None:
+            return self.optimizer_container.lr
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def step_epoch_scheduler(self, result: Mapping[str, Any]) -> bool:
+        """Step a per-epoch scheduler after a round; metric schedulers get ``scheduler.monitor`` from ``result``."""
+        if self.optimizer_container is None:
+            return False
+        monitor = (self.schedule.monitor if self.schedule is not None else None) or self.config.score_name
+        return self.optimizer_container.step_scheduler(lambda: monitored_metric(result, monitor, self.score_split))
+
+    # evaluation and inference steps
+
+    def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
+        """Forward (with the EMA model if there is one), loss and metrics; no gradients."""
+        data = self.to_device(data)
+        pred, target, loss = self._forward(self.ema if self.ema is not None else self.model, data)
+        if self.metrics is not None and target is not None:
+            self.metrics.update(pred, target)
+        return pred, loss
+
+    @torch.inference_mode()
+    def infer_step(self, data: Any) -> list[Any]:
+        """Predictions of one batch as a list (``pred.squeeze(-1)``: one number per sample for scalar outputs)."""
+        data = self.to_device(data)
+        model = self.ema if self.ema is not None else self.model
+        inputs, _ = split_batch(data)
+        with self.forward_context():
+            pred = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+        values = pred.squeeze(-1).detach().cpu().tolist()
+        return values if isinstance(values, list) else [values]
+
+    # loops (see danling.runners.loops)
+
+    def _resolve_splits(self, requested: str | Sequence[str] | None, available: list[str], kind: str) -> list[str]:
+        if requested is None:
+            return available
+        requested = sorted({requested} if isinstance(requested, str) else set(requested))
+        unknown = [split for split in requested if split not in available]
+        if unknown:
+            raise ValueError(f"unknown {kind} split(s): {unknown}; available {kind} split(s): {available}")
+        return requested
+
+    def train(
+        self, train_splits: str | Sequence[str] | None = None, evaluate_splits: str | Sequence[str] | None = None
+    ) -> RoundDict:
+        """Train (by epochs when ``config.epochs`` is set, else by steps) and return ``self.results``."""
+        train_splits = self._resolve_splits(train_splits, self.train_splits, "training")
+        if not train_splits:
+            raise ValueError("cannot start training: no valid training split was resolved")
+        evaluate_splits = self._resolve_splits(evaluate_splits, self.evaluate_splits, "evaluation")
+        print(f"train: splits={train_splits}")
+        print(f"evaluate: splits={evaluate_splits}")
+        if self.is_step_mode:
+            return self.train_steps(train_splits, evaluate_splits)
+        return self.train_epochs(train_splits, evaluate_splits)
+
+    def train_epochs(self, train_splits: Sequence[str], evaluate_splits: Sequence[str]) -> RoundDict:
+        return loops.train_epochs(self, train_splits, evaluate_splits)
+
+    def train_epoch(self, split: str = "train") -> RoundDict:
+        return loops.train_epoch(self, split)
+
+    def train_steps(self, train_splits: Sequence[str], evaluate_splits: Sequence[str]) -> RoundDict:
+        return loops.train_steps(self, train_splits, evaluate_splits)
+
+    def train_split_steps(self, split: str, target: int, iterators: dict | None = None) -> RoundDict:
+        return loops.train_split_steps(self, split, target, iterators)
+
+    def evaluate(self, evaluate_splits: str | Sequence[str] | None = None) -> RoundDict:
+        """Evaluate each split once and return ``{split: result}`` (not added to ``results``)."""
+        splits = self._resolve_splits(evaluate_splits, self.evaluate_splits, "evaluation")
+        if not splits:
+            raise ValueError("cannot start evaluation: no valid evaluation split was resolved")
+        return loops.evaluate(self, splits)
+
+    def evaluate_epoch(self, split: str = "val") -> RoundDict:
+        return loops.evaluate_epoch(self, split)
+
+    def evaluate_steps(self, split: str = "val", steps: int | None = None) -> RoundDict:
+        """Evaluate ``split``'s first ``steps`` batches (all of them by default)."""
+        return loops.evaluate_epoch(self, split, steps)
+
+    def infer(self, split: str = "infer", *, steps: int | None = None, stream: bool | None = None) -> Any:
+        return loops.infer(self, split, steps=steps, stream=stream)
+
+    # checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """``BaseRunner.state_dict`` plus ``ema``, ``optimizer``, ``scheduler``, ``scaler`` and ``model``."""
+        if self.model is None:
+            raise ValueError("cannot build checkpoint state: model is not initialized")
+        state = super().state_dict()
+        for key in ("ema", "optimizer", "scheduler", "scaler"):
+            component = getattr(self, key)
+            state[key] = component.state_dict() if component is not None else None
+        state["model"] = self.unwrap(self.model).state_dict()
+        return state
+
+    def load_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
+        super().load_state_dict(checkpoint)
+        if self.scaler is not None and checkpoint.get("scaler") is not None:
+            self.scaler.load_state_dict(checkpoint["scaler"])
+
+    # shutdown
+
+    def close(self, timeout: float | None = None) -> bool:
+        """``BaseRunner.close``, then destroy the process group this runner started (unless writes are pending)."""
+        try:
+            drained = super().close(timeout)
+        except BaseException:
+            self._release_process_group()
+            raise
+        if drained:
+            self._release_process_group()
+        return drained
+
+    def _release_process_group(self) -> None:
+        if self.owns_process_group:
+            destroy_process_group()
+            self.owns_process_group = False
