@@ -291,13 +291,16 @@ class NestedLayout:
 
     # ------------------------------------------------------------------ index tensors (cached per device)
 
-    def _cached(self, key: str, device: torch.device, build) -> Tensor:
-        cache_key = (key, device)
-        tensor = self._device_cache.get(cache_key)
-        if tensor is None:
-            tensor = build(device)
-            self._device_cache[cache_key] = tensor
-        return tensor
+    def _cached(self, key: str, device: torch.device, build):
+        """Memoise ``build(device)``; a cached tensor someone wrote to in place is rebuilt."""
+        entry = self._device_cache.get((key, device))
+        if entry is not None and (entry[1] is None or entry[0]._version == entry[1]):
+            return entry[0]
+        value = build(device)
+        if isinstance(value, Tensor) and value.is_inference():
+            return value  # inference tensors have no version counter to guard the cache with
+        self._device_cache[(key, device)] = (value, value._version if isinstance(value, Tensor) else None)
+        return value
 
     def to_device(self, tensor: Tensor, device: torch.device) -> Tensor:
         """Copy a CPU metadata tensor to ``device`` without waiting for it."""
@@ -353,15 +356,16 @@ class NestedLayout:
 
     def _build_valid_mask(self, device: torch.device, rank: int) -> Tensor:
         batch = len(self.element_shapes)
-        shape = (batch, *self.max_sizes[:rank])
-        valid = torch.ones((), dtype=torch.bool, device=device).expand(shape)
-        sizes = self.sizes_on(device)
-        for dim in self.ragged_dims:
-            if dim >= rank:
-                continue
+        ragged = [d for d in self.ragged_dims if d < rank]
+        if ragged == [0] and rank == 1:
+            sizes = self.to_device(torch.tensor([shape[0] for shape in self.element_shapes]), device)
+            return torch.arange(self.max_sizes[0], device=device) < sizes.unsqueeze(1)
+        valid = torch.ones((), dtype=torch.bool, device=device).expand(batch, *self.max_sizes[:rank])
+        for dim in ragged:
+            sizes = self.to_device(torch.tensor([shape[dim] for shape in self.element_shapes]), device)
             view = [batch] + [1] * rank
             view[1 + dim] = self.max_sizes[dim]
-            inside = torch.arange(self.max_sizes[dim], device=device) < sizes[:, dim : dim + 1]
+            inside = torch.arange(self.max_sizes[dim], device=device) < sizes.unsqueeze(1)
             valid = valid & inside.view(view)
         return valid.contiguous()
 

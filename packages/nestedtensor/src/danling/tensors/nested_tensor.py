@@ -107,7 +107,6 @@ class NestedTensor(torch.Tensor):
     _mask_value: bool
     _logical_shape: torch.Size
     _padded_cache: tuple | None
-    _mask_cache: tuple | None
 
     @staticmethod
     def __new__(
@@ -185,7 +184,6 @@ class NestedTensor(torch.Tensor):
         nested._mask_value = mask_value
         nested._logical_shape = shape
         nested._padded_cache = None
-        nested._mask_cache = None
         return nested
 
     def _rewrap(self, values: Tensor, layout: NestedLayout | None = None) -> NestedTensor:
@@ -204,7 +202,6 @@ class NestedTensor(torch.Tensor):
         self._layout = layout
         self._logical_shape = layout.logical_shape(self._batch_first)
         self._padded_cache = None
-        self._mask_cache = None
 
     # ---------------------------------------------------------------- dispatch entry points
 
@@ -267,17 +264,10 @@ class NestedTensor(torch.Tensor):
             tensor([[ True,  True,  True],
                     [ True,  True, False]])
         """
-        key = (self._batch_first, self._mask_value, self._values.device)
-        cached = self._mask_cache
-        if cached is not None and cached[0] == key and cached[1]._version == cached[2]:
-            return cached[1]
         mask = _padding.padded_mask(self._layout, self._values.device)
         if not self._batch_first and mask.dim() > 1:
             mask = mask.movedim(0, 1)
-        mask = ~mask if self._mask_value else mask.clone()
-        if not mask.is_inference():
-            self._mask_cache = (key, mask, mask._version)
-        return mask
+        return ~mask if self._mask_value else mask
 
     @property
     def tensor_mask(self) -> tuple[Tensor, Tensor]:
@@ -345,7 +335,7 @@ class NestedTensor(torch.Tensor):
         if check_bool("batch_first", value) != self._batch_first:
             self._batch_first = value
             self._logical_shape = self._layout.logical_shape(value)
-            self._padded_cache = self._mask_cache = None
+            self._padded_cache = None
 
     @property
     def padding_value(self) -> float:
@@ -701,20 +691,18 @@ class NestedTensor(torch.Tensor):
             ...
             ValueError: The batch size of NestedTensor and input tensor does not match, 2 != 3
         """
+        expected, given = self._logical_shape, tensor.shape
         if isinstance(tensor, NestedTensor):
             return tensor.clone()
-        if strict and self.shape != tensor.shape:
-            raise ValueError(
-                f"The shape of NestedTensor and input tensor does not match, {self.shape} != {tensor.shape}"
-            )
+        if strict and given != expected:
+            raise ValueError(f"The shape of NestedTensor and input tensor does not match, {expected} != {given}")
         batch_dim = _ops_packed.batch_dim(self)
-        if len(self) != tensor.size(batch_dim):
+        dense_batch = tensor.size(batch_dim)
+        if dense_batch != len(self):
             raise ValueError(
-                f"The batch size of NestedTensor and input tensor does not match, {len(self)} != {tensor.size(batch_dim)}"
+                f"The batch size of NestedTensor and input tensor does not match, {len(self)} != {dense_batch}"
             )
-        dense = tensor.to(self.device)
-        if batch_dim:
-            dense = dense.movedim(batch_dim, 0)
+        dense = tensor.to(self.device).movedim(batch_dim, 0)
         values = _padding.dense_to_values(self._layout, dense)
         if values is not None:
             return self._rewrap(values)

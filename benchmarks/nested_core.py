@@ -1,0 +1,153 @@
+"""NestedTensor core costs against torch.nested (jagged layout) and pad_sequence, in one process.
+
+Workload (from issue 5): 64 tensors of lengths 16..512 by 256 features. Measured:
+
+- build: a batch from the list of tensors;
+- tensor: the padded ``(64, max_len, 256)`` view, cold (no cached index or result);
+- mask: the boolean padding mask, cold;
+- build+tensor+mask: what a training step pays to get padded inputs and a mask;
+- op: ``x * 2`` on 16k x 256 packed floats, NestedTensor against the plain packed tensor (the
+  dispatch overhead target of issue 6 is 1.05x).
+
+Every variant runs interleaved with the others, ``repeats`` times; the script prints medians and
+the ratio of ours to each alternative (below 1.0: ours is faster). Timings use one CPU thread.
+
+Run: ``python benchmarks/nested_core.py [--repeats 30] [--device cpu|cuda]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from danling.tensors import NestedTensor
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], object], device: torch.device, inner: int) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / inner * 1e3
+
+
+def _compare(name: str, variants: dict[str, Callable[[], object]], device: torch.device, repeats: int, inner: int):
+    """Run ``variants`` interleaved; print median milliseconds and ours/alternative ratios."""
+    for fn in variants.values():  # warm-up
+        fn()
+    samples: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(repeats):
+        for label, fn in variants.items():
+            samples[label].append(_time(fn, device, inner))
+    medians = {label: statistics.median(times) for label, times in samples.items()}
+    ours = medians["danling"]
+    print(f"\n{name}")
+    for label, median in medians.items():
+        ratio = "" if label == "danling" else f"   danling/{label} = {ours / median:.2f}x"
+        print(f"  {label:<22} {median:9.3f} ms{ratio}")
+    return medians
+
+
+def _cold(nt: NestedTensor) -> NestedTensor:
+    """The same data with a fresh layout object, so no cached index or view is reused."""
+    layout = type(nt._layout).from_shapes(nt._layout.element_shapes)
+    return NestedTensor._from_packed(nt._values, layout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--features", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+
+    lengths = torch.randint(16, 513, (args.batch,)).tolist()
+    tensors = [torch.randn(n, args.features, device=device) for n in lengths]
+    lengths_tensor = torch.tensor(lengths, device=device)
+    ours = NestedTensor(tensors)
+    jagged = torch.nested.nested_tensor(tensors, layout=torch.jagged)
+    max_len = max(lengths)
+    assert torch.equal(ours.tensor, pad_sequence(tensors, batch_first=True))
+    assert torch.equal(ours.tensor, torch.nested.to_padded_tensor(jagged, 0.0))
+    print(f"device={device} batch={args.batch} lengths 16..512 (max {max_len}) x {args.features}, threads=1")
+
+    def padded_mask() -> torch.Tensor:
+        return torch.arange(max_len, device=device) < lengths_tensor[:, None]
+
+    _compare(
+        "build from a list of tensors",
+        {
+            "danling": lambda: NestedTensor(tensors),
+            "torch.nested(jagged)": lambda: torch.nested.nested_tensor(tensors, layout=torch.jagged),
+            "pad_sequence": lambda: pad_sequence(tensors, batch_first=True),
+        },
+        device,
+        args.repeats,
+        inner=5,
+    )
+    _compare(
+        ".tensor (padded, cold)",
+        {
+            "danling": lambda: _cold(ours).tensor,
+            "torch.nested(jagged)": lambda: torch.nested.to_padded_tensor(jagged, 0.0),
+            "pad_sequence": lambda: pad_sequence(tensors, batch_first=True),
+        },
+        device,
+        args.repeats,
+        inner=5,
+    )
+    _compare(
+        ".mask (cold)",
+        {"danling": lambda: _cold(ours).mask, "arange < lengths": padded_mask},
+        device,
+        args.repeats,
+        inner=20,
+    )
+
+    def ours_all() -> tuple:
+        nt = NestedTensor(tensors)
+        return nt.tensor, nt.mask
+
+    _compare(
+        "build + .tensor + .mask",
+        {
+            "danling": ours_all,
+            "torch.nested(jagged)": lambda: (
+                torch.nested.to_padded_tensor(torch.nested.nested_tensor(tensors, layout=torch.jagged), 0.0),
+                padded_mask(),
+            ),
+            "pad_sequence": lambda: (pad_sequence(tensors, batch_first=True), padded_mask()),
+        },
+        device,
+        args.repeats,
+        inner=5,
+    )
+
+    big = NestedTensor([torch.randn(n, args.features, device=device) for n in [256] * 64])
+    values = big._values
+    _compare(
+        f"x * 2 on {tuple(values.shape)} packed floats (issue-6 overhead target 1.05x)",
+        {"danling": lambda: big * 2, "packed tensor": lambda: values * 2},
+        device,
+        args.repeats,
+        inner=5,
+    )
+
+
+if __name__ == "__main__":
+    main()
