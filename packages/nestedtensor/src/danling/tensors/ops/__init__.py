@@ -4,7 +4,7 @@
 helpers handlers use; ``_fallback.py`` the per-element path that makes every other op work.
 """
 
-from . import creation, elementwise, indexing, reduction, shape
+from . import creation, elementwise, indexing, loss, nn_functional, normalization, reduction, shape
 from ._fallback import per_element_fallback
 from ._registry import (
     ATEN_OPS,
@@ -27,6 +27,9 @@ __all__ = [
     "implements",
     "implements_aten",
     "indexing",
+    "loss",
+    "nn_functional",
+    "normalization",
     "per_element_fallback",
     "reduction",
     "shape",
