@@ -35,7 +35,7 @@ def test_coerce_rejects_mixed_devices_and_ranks():
         ValueError, match="All tensors in NestedTensor must be on the same device, but got cpu and meta"
     ):
         coerce_elements((torch.ones(2), torch.ones(2, device="meta")))
-    with pytest.raises(ValueError, match="same number of dimensions, got ndim 1 and 2. If using a DataLoader"):
+    with pytest.raises(ValueError, match=r"same number of dimensions, got ndim 1 and 2\. If using a DataLoader"):
         coerce_elements((torch.ones(2), torch.ones(2, 2)))
 
 

@@ -153,7 +153,7 @@ class TestProperties:
         nested = NestedTensor([torch.randn(2, 3, 4), torch.randn(5, 3, 1)])
         assert_elements(nested.T, [t.permute(2, 1, 0) for t in nested])
         assert_elements(nested.mT, [t.transpose(-1, -2) for t in nested])
-        with pytest.raises(RuntimeError, match="only supported on matrices or batches of matrices. Got 1-D tensor"):
+        with pytest.raises(RuntimeError, match=r"only supported on matrices or batches of matrices\. Got 1-D tensor"):
             _ = NestedTensor([[1.0]]).mT
         flat = NestedTensor([[1.0, 2.0]])
         assert flat.T is flat

@@ -214,8 +214,7 @@ class NestedTensor(torch.Tensor):
             if func not in _registry.COMPILE_SAFE and _registry._is_compiling():
                 _registry.compile_unsupported(func, "handler is marked eager-only")
             return handler(*args, **kwargs)
-        with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **kwargs)
+        return _registry.continue_to_aten(func, args, kwargs)
 
     @classmethod
     def __torch_dispatch__(cls, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:

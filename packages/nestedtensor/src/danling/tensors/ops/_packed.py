@@ -43,13 +43,13 @@ def packed_like(nt: NestedTensor, values: Tensor, layout: NestedLayout | None = 
         ])
     """
     if layout is None:
-        layout = nt._layout
+        layout, reference = nt._layout, nt._values
+        if values.dim() != reference.dim() or values.shape[:1] != reference.shape[:1]:
+            raise ValueError(
+                f"Cannot rewrap values of shape {tuple(values.shape)} in a layout with "
+                f"{layout.num_rows} rows and static sizes {layout.static_sizes}"
+            )
         if tuple(values.shape[1:]) != layout.static_sizes and layout.permutation:
-            if values.dim() != nt._values.dim() or values.shape[0] != nt._values.shape[0]:
-                raise ValueError(
-                    f"Cannot rewrap values of shape {tuple(values.shape)} in a layout with "
-                    f"{layout.num_rows} rows and static sizes {layout.static_sizes}"
-                )
             layout = layout.with_static_sizes(values.shape[1:])
     return type(nt)._from_packed(
         values, layout, batch_first=nt._batch_first, padding_value=nt._padding_value, mask_value=nt._mask_value
@@ -132,6 +132,8 @@ def align_dense(nt: NestedTensor, tensor: Tensor) -> Tensor | None:
         return None
     shape = [1] * (layout.rank - len(shape)) + shape
     if any(shape[d] != 1 for d in layout.ragged_dims):
+        return None
+    if any(shape[d] not in (1, size) for d, size in zip(layout.static_dims, layout.static_sizes)):
         return None
     static = [shape[d] for d in layout.static_dims]
     element_view = tensor.reshape(shape).permute(layout.permutation)

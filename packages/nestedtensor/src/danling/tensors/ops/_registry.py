@@ -11,30 +11,35 @@ How a call reaches a handler
    composite ops decompose. ``TORCH_FUNCTIONS`` maps the Python callable (``torch.sum``,
    ``torch.Tensor.sum``, ``torch.Tensor.__getitem__``, ``F.linear``: register every alias you handle)
    to a handler called as ``handler(*args, **kwargs)``. On a miss the call continues into C++ with
-   torch-function handling switched off; calls that only read metadata (``nt.is_cuda``) end there.
-2. Calls that compute reach ``__torch_dispatch__`` as one aten overload each (``aten.sum.dim_IntList``),
-   with normalised arguments. ``ATEN_OPS`` maps overloads to handlers called as
-   ``handler(func, args, kwargs)``. A miss consults the rules registered with
-   [`aten_rule`][danling.tensors.ops._registry.aten_rule] (every op tagged ``torch.Tag.pointwise`` runs
-   on the packed values, see ``elementwise.py``) and memoises the answer; with no rule,
-   [`per_element_fallback`][danling.tensors.ops._fallback.per_element_fallback] runs the op on every
-   element and packs the results, so every torch function works on a NestedTensor.
+   torch-function handling and the wrapper's autograd kernels switched off (``continue_to_aten``;
+   handlers that want the aten path for some inputs call it too); calls that only read metadata
+   (``nt.is_cuda``) end there.
+2. Calls that compute reach ``__torch_dispatch__`` as one aten overload each, with normalised
+   arguments; composite ops arrive whole (``aten.linear.default``, ``aten.softmax.int``).
+   ``ATEN_OPS`` maps overloads to handlers called as ``handler(func, args, kwargs)``. A miss
+   consults the rules registered with [`aten_rule`][danling.tensors.ops._registry.aten_rule] (every
+   op tagged ``torch.Tag.pointwise`` runs on the packed values, see ``elementwise.py``), then runs
+   the decomposition of a composite op (its parts dispatch here again), and finally
+   [`per_element_fallback`][danling.tensors.ops._fallback.per_element_fallback], which runs the op on
+   every element and packs the results, so every torch function works on a NestedTensor.
 
-Prefer the aten level: arguments are normalised (one signature per overload) and composite ops
-(``torch.swapaxes``, ``Tensor.T``, ``torch.allclose``...) arrive as the primitives you implement.
-Use the torch level when decomposition loses meaning (``reshape`` and ``flatten`` arrive as
-``view`` with sizes computed from the padded shape), for speed on the hottest calls (it skips the
-trip through C++), or when the op returns plain tensors that are views (``nt[0]``, ``unbind``).
+Prefer the aten level: arguments are normalised (one signature per overload), and one handler
+serves ``torch.add``, ``Tensor.add``, ``Tensor.__add__`` and calls made from C++. Use the torch level
+when the Python signature carries meaning the aten op loses (``reshape`` and ``flatten`` would
+decompose into ``view`` with sizes computed from the padded shape), for speed on the hottest calls
+(it skips the trip through C++), or when the op returns plain tensors that are views of the values
+(``nt[0]``, ``unbind``).
 
 Autograd lives on the packed values
 ===================================
 
-The wrapper never requires grad; ``nt._values`` does, and ``nt.requires_grad``/``nt.grad`` read it.
-Torch-level handlers run above autograd, so whatever they compute on ``_values`` is recorded.
-Aten-level handlers run below the wrapper's autograd, so ``dispatch_aten`` re-enables autograd for
-their inner computation (see ``inner_autograd``). Either way a handler only computes on real
-tensors and never writes a backward formula: gradients of ``nt.sum()``, ``nt.tensor`` or
-``nt * w`` reach the tensors the NestedTensor was built from.
+The wrapper never requires grad and never enters C++ autograd; ``nt._values`` carries the graph,
+and ``nt.requires_grad``/``nt.grad``/``nt.backward`` delegate to it. Torch-level handlers run with
+autograd on, so whatever they compute on ``_values`` is recorded. Aten-level handlers run below
+autograd, so ``dispatch_aten`` re-enables it around them (``inner_autograd``). Either way a
+handler only computes on real tensors and never writes a backward formula: gradients of
+``nt.sum()``, ``nt.tensor`` or ``nt * w`` (``w`` a dense tensor requiring grad) reach the tensors
+the NestedTensor was built from, and ``w``.
 
 Writing a handler
 =================
@@ -182,14 +187,28 @@ def aten_rule(predicate: Callable[[torch._ops.OpOverload], bool]) -> Callable[[A
     return register
 
 
+def decompose(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+    """Default for composite ops: run their aten decomposition, whose parts dispatch here again."""
+    return func.decompose(*args, **kwargs)
+
+
 def resolve_aten(func: torch._ops.OpOverload) -> AtenHandler:
-    """The handler ``__torch_dispatch__`` runs for ``func``: its entry, a matching rule, or the fallback."""
+    """
+    The handler ``__torch_dispatch__`` runs for ``func``.
+
+    In order: its ``ATEN_OPS`` entry, the first matching rule, the decomposition of a composite op
+    (``aten.linear`` into ``t`` and ``matmul``...), the per-element fallback.
+    """
     handler = ATEN_OPS.get(func) or _resolved.get(func)
     if handler is not None:
         return handler
-    from ._fallback import per_element_fallback
+    handler = next((rule for predicate, rule in ATEN_RULES if predicate(func)), None)
+    if handler is None and torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"):
+        handler = decompose
+    if handler is None:
+        from ._fallback import per_element_fallback
 
-    handler = next((rule for predicate, rule in ATEN_RULES if predicate(func)), per_element_fallback)
+        handler = per_element_fallback
     _resolved[func] = handler
     return handler
 
@@ -211,27 +230,64 @@ _AUTOGRAD_KEYS = (
     DispatchKey.AutogradNestedTensor,
     DispatchKey.ADInplaceOrView,
 )
+_AUTOGRAD_KEYSET = torch._C.DispatchKeySet(_AUTOGRAD_KEYS[0])
+for _key in _AUTOGRAD_KEYS[1:]:
+    _AUTOGRAD_KEYSET = _AUTOGRAD_KEYSET.add(_key)
+
+
+def below_autograd() -> contextlib.AbstractContextManager:
+    r"""
+    Skip the wrapper's autograd kernels: ``__torch_function__`` calls C++ inside this guard.
+
+    A NestedTensor never takes part in C++ autograd (its values do), so the wrapper-level kernels
+    must not run, not even when a dense operand requires grad. A side effect: composite ops reach
+    ``__torch_dispatch__`` before they decompose (``aten.linear``, ``aten.softmax.int``), so handlers
+    can implement them whole; ``resolve_aten`` decomposes the ones nobody registered.
+    """
+    return torch._C._ExcludeDispatchKeyGuard(_AUTOGRAD_KEYSET)
+
+
+def continue_to_aten(func: Callable, args: tuple, kwargs: dict) -> Any:
+    r"""
+    Run a torch-level call as if it had no handler: into C++, below the wrapper's autograd, to ``ATEN_OPS``.
+
+    ``NestedTensor.__torch_function__`` does this on a miss; a torch-level handler that wants the
+    aten path for some inputs (say ``F.linear`` on a layout it does not specialise) calls it too.
+    Never call ``func`` with only ``DisableTorchFunctionSubclass``: with a dense operand that requires
+    grad, the wrapper's autograd kernel would record the op on the wrapper and cut the values' graph.
+    """
+    with torch._C.DisableTorchFunctionSubclass(), below_autograd():
+        return func(*args, **kwargs)
 
 
 def inner_autograd() -> contextlib.AbstractContextManager:
     r"""
-    Re-enable autograd for computations on packed values inside ``__torch_dispatch__``.
+    Re-enable autograd for a handler's computations on packed values inside ``__torch_dispatch__``.
 
-    The wrapper's autograd kernel excludes the autograd dispatch keys before it calls
-    ``__torch_dispatch__``; handlers compute on ``_values``, which carry the graph, so the keys are
-    restored (unless grad mode is off or inference mode is on, where they must stay excluded).
+    Autograd keys are excluded on the way in (by ``below_autograd`` or a wrapper kernel); handlers
+    compute on ``_values``, which carry the graph, so the keys are restored around them (unless grad
+    mode is off or inference mode is on, where they must stay excluded).
     """
     if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
         return contextlib.nullcontext()
-    exclude = torch._C._dispatch_tls_local_exclude_set()
-    for key in _AUTOGRAD_KEYS:
-        exclude = exclude.remove(key)
-    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
+    excluded = torch._C._dispatch_tls_local_exclude_set()
+    restored = _restored_sets.get(excluded.raw_repr())
+    if restored is None:
+        restored = excluded
+        for key in _AUTOGRAD_KEYS:
+            restored = restored.remove(key)
+        _restored_sets[excluded.raw_repr()] = restored
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), restored)
+
+
+_restored_sets: dict[int, torch._C.DispatchKeySet] = {}
 
 
 def dispatch_aten(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
     """Body of ``NestedTensor.__torch_dispatch__``: run the handler resolved for ``func``."""
     handler = resolve_aten(func)
+    if handler is decompose:  # its parts dispatch (and enable autograd) one by one
+        return handler(func, args, kwargs)
     if func not in COMPILE_SAFE and _is_compiling():
         if func in ATEN_OPS:
             compile_unsupported(func, "aten handler is marked eager-only")

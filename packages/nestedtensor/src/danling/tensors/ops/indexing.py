@@ -189,9 +189,12 @@ def getitem(self: Tensor, index: Any) -> Tensor:
     raise ValueError(f"Unsupported index type {type(index)}")
 
 
-def _as_element(nt: NestedTensor, value: Any) -> Tensor:
+def _as_element(nt: NestedTensor, value: Any, shape: tuple[int, ...] | None = None) -> Tensor:
+    """``value`` as an element of ``nt`` (its dtype and device); lower-rank values broadcast to ``shape``."""
     value = torch.as_tensor(value, device=nt.device) if not isinstance(value, Tensor) else value
     value = value.to(device=nt.device, dtype=nt.dtype)
+    if shape is not None and value.dim() < len(shape):
+        value = value.expand(shape)
     if value.dim() != nt._layout.rank:
         raise ValueError(f"Assigned tensor ndim must match existing ndim {nt._layout.rank}, but got {value.dim()}")
     return value
@@ -223,7 +226,7 @@ def _assign_elements(nt: NestedTensor, indices: range | list[int], items: list[T
     if len(items) != len(indices):
         raise ValueError(f"Size mismatch: tried to assign {len(items)} values to {len(indices)} indices")
     layout = nt._layout
-    items = [_as_element(nt, item) for item in items]
+    items = [_as_element(nt, item, layout.element_shapes[i]) for i, item in zip(indices, items)]
     if all(tuple(item.shape) == layout.element_shapes[i] for i, item in zip(indices, items)):
         if items:
             packed = layout.select(list(indices)).pack(items)

@@ -137,11 +137,7 @@ def _strip_batch(nt: NestedTensor, shape: list[int]) -> list[int]:
     if not included and len(shape) == nt.dim() and shape[position] in (-1, batch_size):
         rest = shape[:position] + shape[position + 1 :]
         included = any(size == -1 or size == limit for size, limit in zip(rest, max_sizes))
-    if not included:
-        return shape
-    if shape[position] not in (-1, batch_size):
-        raise ValueError(f"Batch dimension mismatch: expected {batch_size} but got {shape[position]}")
-    return shape[:position] + shape[position + 1 :]
+    return shape[:position] + shape[position + 1 :] if included else shape
 
 
 def _element_target(target: list[int], element: tuple[int, ...], max_sizes: tuple[int, ...]) -> tuple[int, ...]:
@@ -230,8 +226,6 @@ def reshape(input: NestedTensor, *shape) -> NestedTensor:
         >>> reshaped.shape
         torch.Size([2, 4])
     """
-    if not shape:
-        raise TypeError("reshape() missing shape")
     return reshape_elements(input, view_shapes(input, shape), copy=True)
 
 
