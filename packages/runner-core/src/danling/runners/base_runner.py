@@ -438,11 +438,20 @@ class BaseRunner(metaclass=MetaRunner):
         results_lib.merge_result(self.results, result, self.train_state.epoch if index is None else index)
 
     def get_step_result(self) -> RoundDict:
-        """The latest values of the meters and metrics (for progress lines)."""
-        result = RoundDict({name: value for name, value in self.meters.batch().items() if self.meters[name].count})
+        """The latest values of the meters (averaged over ranks) and metrics, for progress lines."""
+        return RoundDict(self._step_values())
+
+    def _step_values(self) -> dict[str, Any]:
+        # A plain dict: progress lines are frequent, and building chanfig mappings is not free.
+        counted = [name for name, meter in self.meters.items() if meter.count]
+        if self.distributed:
+            latest = self.meters.batch()
+            values = {name: latest[name] for name in counted}
+        else:
+            values = {name: self.meters[name].value() for name in counted}
         if self.metrics is not None:
-            result.merge(RoundDict(self.metrics.value()))
-        return result
+            values.update(self.metrics.value())
+        return values
 
     def get_epoch_result(self) -> RoundDict:
         """The averages of the meters and metrics over the loop."""
@@ -482,7 +491,7 @@ class BaseRunner(metaclass=MetaRunner):
         """Progress of a loop over ``split``: a bar on the main process's terminal, periodic lines otherwise."""
         interactive = self.is_main_process and is_interactive()
         return LoopProgress(
-            f"{self.mode} {split}",
+            split if self.mode == RunnerMode.train else f"{self.mode} {split}",
             total=total,
             interval=self.log_interval,
             emit=self._emit_line,
@@ -504,11 +513,11 @@ class BaseRunner(metaclass=MetaRunner):
         result: Mapping[str, Any] | None = None,
         *,
         progress: LoopProgress | None = None,
-    ) -> RoundDict:
+    ) -> dict[str, Any]:
         """Report progress at ``iteration`` of ``length``: a line (or the bar's postfix), and scalars in training."""
         if length is None and split in self.dataloaders:
             length = loader_length(self.dataloaders[split])
-        result = self.get_step_result() if result is None else RoundDict(result)
+        result = self._step_values() if result is None else dict(result)
         if progress is not None:
             result["time"] = progress.seconds_per_iteration(iteration)
         line = format_step_line(self.mode, split, iteration, length, result)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, SequentialSampler
+from torch.utils.data.dataloader import default_collate
 from torch.utils.data.distributed import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler
@@ -35,8 +36,9 @@ def loader_kwargs(config: Mapping[str, Any] | None, split: str, *, is_train: boo
     r"""
     Keyword arguments of ``split``'s loader: runner defaults, then ``config``, then ``config[split]``.
 
-    Keys whose value is ``None`` are left out, so the loader's own default applies.  Other
-    splits' override sections (``config[other_split]``) are ignored.
+    Keys whose value is ``None`` are left out, so the loader's own default applies, except
+    ``batch_size=None``, which turns batching off (each dataset item is a batch).  Other splits'
+    override sections (``config[other_split]``) are ignored.
 
     Examples:
         >>> loader_kwargs({"batch_size": 8, "val": {"batch_size": 32}}, "val", is_train=False, splits={"train", "val"})
@@ -46,14 +48,15 @@ def loader_kwargs(config: Mapping[str, Any] | None, split: str, *, is_train: boo
     """
     kwargs: dict[str, Any] = {"shuffle": is_train, "drop_last": is_train}
     config = config or {}
-    for key, value in config.items():
-        if key not in splits and value is not None:
-            kwargs[key] = value
     override = config.get(split) if split in config else None
-    if override is not None:
-        if not isinstance(override, Mapping):
-            raise ValueError(f"dataloader.{split} must be a mapping of loader arguments, got {override!r}")
-        kwargs.update({key: value for key, value in override.items() if value is not None})
+    if override is not None and not isinstance(override, Mapping):
+        raise ValueError(f"dataloader.{split} must be a mapping of loader arguments, got {override!r}")
+    for source in (config, override or {}):
+        for key, value in source.items():
+            if key not in splits and (value is not None or key == "batch_size"):
+                kwargs[key] = value
+    if "batch_size" in kwargs and kwargs["batch_size"] is None:
+        kwargs["drop_last"] = False  # no batching: nothing to drop
     return kwargs
 
 
@@ -105,6 +108,8 @@ def build_dataloader(
         tensor([2, 3])
     """
     kwargs = dict(kwargs)
+    if kwargs.get("batch_size", 1) is None and collate_fn is default_collate:
+        collate_fn = None  # no batching: items pass through as they are (``default_convert``)
     shuffle = bool(kwargs.pop("shuffle", False))
     sampler = build_sampler(dataset, shuffle=shuffle, world_size=world_size, rank=rank)
     generator = torch.Generator().manual_seed(_draw_seed())

@@ -117,22 +117,21 @@ def _begin(runner: TorchRunner, mode: RunnerMode, split: str, metrics: Any) -> N
         metrics.reset()
 
 
-def _train_batch(runner: TorchRunner, batch: Any) -> None:
+def _train_batch(runner: TorchRunner, batch: Any, loss_meter: Any, lr_meter: Any) -> None:
     """One micro-batch: weigh it, run ``train_step``, record loss and learning rate."""
     normalizer = loss_normalizer(batch, runner.criterion)
     runner.set_loss_normalizer(normalizer)
     _, loss = runner.train_step(batch)
     if loss is not None:
-        runner.meters["loss"].update(loss.detach(), n=normalizer or 1)
+        loss_meter.update(loss.detach(), n=normalizer or 1)
     if runner.optimizer is not None:
-        runner.meters["lr"].update(runner.lr)
+        lr_meter.update(runner.lr)
 
 
-def _after_update(runner: TorchRunner, step_before: int) -> None:
+def _after_update(runner: TorchRunner, step_before: int, interval: int) -> None:
     """Save a step-cadence checkpoint when this batch completed an optimizer step on the cadence."""
     step = runner.train_state.global_step
-    interval = runner.checkpoint_interval
-    if runner.is_step_mode and step != step_before and interval > 0 and step % interval == 0:
+    if step != step_before and interval > 0 and step % interval == 0:
         runner.save_checkpoint()
 
 
@@ -179,10 +178,11 @@ def train_epoch(runner: TorchRunner, split: str = "train") -> RoundDict:
     _begin(runner, RunnerMode.train, split, runner.train_metrics)
     length = loader_length(loader)
     progress = runner.loop_progress(split, total=length, start=loop.batches[split])
+    loss_meter, lr_meter = runner.meters["loss"], runner.meters["lr"]
     try:
         for batch in loader:
             iteration = loop.batches[split]
-            _train_batch(runner, batch)
+            _train_batch(runner, batch, loss_meter, lr_meter)
             loop.batches[split] = iteration + 1
             progress.advance()
             if progress.due(iteration):
@@ -268,6 +268,8 @@ def train_split_steps(
     loop.begin(split, target)
     _begin(runner, RunnerMode.train, split, runner.train_metrics)
     progress = runner.loop_progress(split, total=max(target - state.global_step, 0))
+    loss_meter, lr_meter = runner.meters["loss"], runner.meters["lr"]
+    interval = runner.checkpoint_interval
     try:
         while state.global_step < target:
             iterator = iterators.get(split)
@@ -282,11 +284,11 @@ def train_split_steps(
                 iterators[split] = None
                 runner.flush_gradients()
             else:
-                _train_batch(runner, batch)
+                _train_batch(runner, batch, loss_meter, lr_meter)
                 loop.batches[split] = loop.batches.get(split, 0) + 1
             if state.global_step != step_before:
                 progress.advance()
-                _after_update(runner, step_before)
+                _after_update(runner, step_before, interval)
                 if progress.interval > 0 and (
                     state.global_step % progress.interval == 0 or state.global_step == target
                 ):

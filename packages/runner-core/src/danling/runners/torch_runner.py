@@ -202,10 +202,8 @@ class TorchRunner(BaseRunner):
                 dataset, kwargs, collate_fn=self.collate_fn, world_size=self.world_size, rank=self.rank
             )
 
-    @staticmethod
-    def collate_fn(batch: list[Any]) -> Any:
-        """How samples become a batch; override for custom batching."""
-        return default_collate(batch)
+    #: How samples become a batch (``default_collate``); override with a static method for custom batching.
+    collate_fn = staticmethod(default_collate)
 
     def materialize_model(self) -> None:
         """Move the model (and EMA) to the device, compile it if asked, and wrap it in DDP when distributed."""

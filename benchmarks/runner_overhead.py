@@ -1,0 +1,195 @@
+"""What ``TorchRunner`` costs over a hand-written PyTorch loop, and what its checkpoints cost.
+
+Run: ``.venv/bin/python benchmarks/runner_overhead.py [--repeats 7] [--steps 256]``
+
+Training task (the same for every variant): 8192 samples of 64 features, 10 classes, an MLP
+64-256-256-10, AdamW, batch 64 (shuffled), ``--steps`` optimizer steps, one CPU thread.
+
+- ``raw``: a plain loop over a ``torch.utils.data.DataLoader``: forward, loss, backward, step.
+- ``runner (quiet)``: ``TorchRunner`` with ``log=False`` and ``checkpoint.load_only=True``
+  (no log file, no checkpoint writes; progress lines still printed, to a null stream here).
+- ``runner (default)``: ``TorchRunner`` with its default config (log file, progress lines, a
+  checkpoint about every 20th of the run, asynchronous, plus the final one).
+
+Variants are interleaved ``--repeats`` times; the script prints the median time of
+``runner.train()`` (construction is timed separately) and the median ratio to ``raw``.
+
+Checkpoints, for the trained task and for a larger model (MLP of width 1024, ~3.2M parameters):
+a synchronous ``save_checkpoint`` against ``torch.save`` of the same ``state_dict()`` (both
+written to the same disk, both flushed to disk with ``fsync``), and the time an asynchronous
+``save_checkpoint`` takes to return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from danling.runners import TorchRunner
+
+SAMPLES, FEATURES, CLASSES, BATCH = 8192, 64, 10, 64
+
+
+def make_data() -> TensorDataset:
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(SAMPLES, FEATURES, generator=generator)
+    labels = torch.randint(0, CLASSES, (SAMPLES,), generator=generator)
+    return TensorDataset(inputs, labels)
+
+
+def make_model(width: int = 256) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(FEATURES, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, CLASSES)
+    )
+
+
+def raw_loop(dataset: TensorDataset, steps: int) -> float:
+    """The hand-written loop; returns seconds spent training."""
+    model = make_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    criterion = nn.CrossEntropyLoss()
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
+    start = time.perf_counter()
+    step = 0
+    while step < steps:
+        for inputs, labels in loader:
+            loss = criterion(model(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+            if step == steps:
+                break
+    return time.perf_counter() - start
+
+
+class BenchmarkRunner(TorchRunner):
+    def __init__(self, config, dataset: TensorDataset, width: int = 256):
+        super().__init__(config)
+        self.datasets.train = dataset
+        self.model = make_model(width)
+        self.criterion = nn.CrossEntropyLoss()
+
+
+def runner_config(root: str, steps: int, *, quiet: bool) -> dict:
+    config = {
+        "steps": steps,
+        "workspace_root": root,
+        "optim": {"type": "adamw", "lr": 1e-3},
+        "dataloader": {"batch_size": BATCH},
+    }
+    if quiet:
+        config.update({"log": False, "checkpoint": {"load_only": True}})
+    return config
+
+
+def runner_loop(dataset: TensorDataset, steps: int, *, quiet: bool) -> tuple[float, float]:
+    """Seconds to build the runner and seconds in ``runner.train()`` (stdout discarded)."""
+    with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()):
+        start = time.perf_counter()
+        runner = BenchmarkRunner(runner_config(root, steps, quiet=quiet), dataset)
+        built = time.perf_counter()
+        runner.train()
+        trained = time.perf_counter()
+        runner.close()
+        assert runner.train_state.global_step == steps
+    return built - start, trained - built
+
+
+def checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> dict[str, float]:
+    """Median seconds: torch.save of the state, a synchronous save, an asynchronous save's return."""
+    timings: dict[str, list[float]] = {"torch.save": [], "sync save": [], "async return": []}
+    with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()):
+        runners = {}
+        for mode in ("disabled", "async"):
+            config = runner_config(os.path.join(root, mode), 4, quiet=False)
+            config.update({"log": False, "checkpoint": {"async_mode": mode, "interval": 0}})
+            runners[mode] = BenchmarkRunner(config, dataset, width)
+            runners[mode].train()  # optimizer state exists, as in a real run
+        plain = os.path.join(root, "plain.pth")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            with open(plain, "wb") as file:
+                torch.save(runners["disabled"].state_dict(), file)
+                file.flush()
+                os.fsync(file.fileno())
+            timings["torch.save"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            runners["disabled"].save_checkpoint(force=True)
+            timings["sync save"].append(time.perf_counter() - start)
+            runners["async"].checkpoint_manager.wait()
+            start = time.perf_counter()
+            runners["async"].save_checkpoint(force=True)
+            timings["async return"].append(time.perf_counter() - start)
+            runners["async"].checkpoint_manager.wait()
+        for runner in runners.values():
+            runner.close()
+    return {name: statistics.median(values) for name, values in timings.items()}
+
+
+def interleave(cases: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    timings: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, case in cases.items():
+            timings[name].append(case())
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    dataset = make_data()
+    builds: dict[str, list[float]] = {"runner (quiet)": [], "runner (default)": []}
+
+    def runner_case(name: str, quiet: bool) -> Callable[[], float]:
+        def run() -> float:
+            built, trained = runner_loop(dataset, args.steps, quiet=quiet)
+            builds[name].append(built)
+            return trained
+
+        return run
+
+    cases = {
+        "raw": lambda: raw_loop(dataset, args.steps),
+        "runner (quiet)": runner_case("runner (quiet)", True),
+        "runner (default)": runner_case("runner (default)", False),
+    }
+    interleave(cases, 1)  # warm up imports, allocator and caches
+    for values in builds.values():
+        values.clear()
+    timings = interleave(cases, args.repeats)
+    raw = timings["raw"]
+    print(f"training: {args.steps} steps, batch {BATCH}, MLP 64-256-256-10, AdamW, 1 thread, {args.repeats} repeats")
+    print(f"{'variant':<18} {'median s':>9} {'ms/step':>8} {'ratio':>6} {'build s':>8}")
+    for name, values in timings.items():
+        ratio = statistics.median(value / base for value, base in zip(values, raw))
+        build = f"{statistics.median(builds[name]):8.3f}" if name in builds else f"{'':>8}"
+        median = statistics.median(values)
+        print(f"{name:<18} {median:9.4f} {median / args.steps * 1e3:8.3f} {ratio:6.3f} {build}")
+    for width in (256, 1024):
+        costs = checkpoint_costs(dataset, width, args.repeats)
+        parameters = sum(p.numel() for p in make_model(width).parameters())
+        print(
+            f"checkpoint (MLP width {width}, {parameters / 1e6:.2f}M parameters + AdamW state): "
+            f"torch.save {costs['torch.save'] * 1e3:.2f} ms, sync save {costs['sync save'] * 1e3:.2f} ms "
+            f"({costs['sync save'] / costs['torch.save']:.3f}x), async save returns in "
+            f"{costs['async return'] * 1e3:.2f} ms ({costs['async return'] / costs['sync save']:.3f}x of sync)"
+        )
+
+
+if __name__ == "__main__":
+    main()

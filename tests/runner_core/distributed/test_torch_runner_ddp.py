@@ -1,0 +1,118 @@
+"""TorchRunner under DDP: two real processes on a gloo group over loopback.
+
+Both checks compare the parameters the runner reaches against the update computed by hand from
+every rank's batches, so they cover DDP wrapping, the sharding sampler, loss-normalizer weighting
+across ranks, accumulation with ``no_sync`` and the partial-window flush.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import TensorDataset
+
+from danling.runners import TorchRunner
+from tests.distributed import run_workers
+
+pytestmark = pytest.mark.distributed
+
+
+def _config(root, **overrides):
+    config = {
+        "epochs": 1,
+        "seed": 0,
+        "log": False,
+        "workspace_root": root,
+        "optim": {"type": "sgd", "lr": 0.5},
+        "dataloader": {"batch_size": 2, "shuffle": False},
+        "checkpoint": {"async_mode": "disabled"},
+    }
+    config.update(overrides)
+    return config
+
+
+class SeededRunner(TorchRunner):
+    def __init__(self, config, dataset, model, criterion):
+        super().__init__(config)
+        self.datasets.train = dataset
+        self.model = model
+        self.criterion = criterion
+
+
+def _linear(features, outputs):
+    torch.manual_seed(123)  # the same initial weights on every rank and in the reference
+    return nn.Linear(features, outputs)
+
+
+def _weighted_step(rank, world_size, root):
+    torch.manual_seed(0)
+    inputs = torch.randn(4, 3)
+    labels = torch.tensor([0, -100, 1, 2])  # rank 0 gets samples 0, 2 (2 valid), rank 1 samples 1, 3 (1 valid)
+    runner = SeededRunner(_config(root), TensorDataset(inputs, labels), _linear(3, 3), nn.CrossEntropyLoss())
+    assert isinstance(runner.model, nn.parallel.DistributedDataParallel)
+    runner.train()
+    reference = _linear(3, 3)
+    F.cross_entropy(reference(inputs), labels).backward()  # the mean over all three valid labels
+    expected = reference.weight.detach() - 0.5 * reference.weight.grad
+    weight = runner.unwrap(runner.model).weight.detach().clone()
+    loss = runner.results[0]["train"]["loss"]
+    runner.close()
+    return torch.allclose(weight, expected, atol=1e-6), weight, loss
+
+
+def _accumulated_steps(rank, world_size, root):
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(12, 2), torch.randn(12, 1)
+    criterion = lambda pred, target: F.mse_loss(pred, target)  # noqa: E731 - no normalizer: uniform weights
+    runner = SeededRunner(_config(root, accum_steps=2), TensorDataset(inputs, targets), _linear(2, 1), criterion)
+    runner.train()
+    state = (runner.train_state.global_step, runner.train_state.micro_step)
+    weight = runner.unwrap(runner.model).weight.detach().clone()
+    checkpoint_dir = runner.workspace.checkpoint_dir
+    runner.close()
+
+    reference = _linear(2, 1)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
+    shards = [list(range(r, 12, 2)) for r in range(2)]  # DistributedSampler without shuffling
+    batches = [[shard[i : i + 2] for i in range(0, 6, 2)] for shard in shards]
+    for window in ([0, 1], [2]):  # two micro-batches, then the partial window of one
+        members = [batches[r][b] for r in range(2) for b in window]
+        loss = sum(F.mse_loss(reference(inputs[m]), targets[m]) for m in members) / len(members)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return state, torch.allclose(weight, reference.weight.detach(), atol=1e-6), checkpoint_dir
+
+
+def _both(rank, world_size, root):
+    return _weighted_step(rank, world_size, os.path.join(root, "weighted")), _accumulated_steps(
+        rank, world_size, os.path.join(root, "accumulated")
+    )
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    """One pair of processes runs both scenarios (starting processes is the slow part)."""
+    return run_workers(_both, 2, str(tmp_path_factory.mktemp("ddp")), timeout=240)
+
+
+@pytest.mark.timeout(300)
+def test_loss_normalizers_weigh_ranks_by_their_valid_items(ddp_results):
+    results = [weighted for weighted, _ in ddp_results]
+    assert [matches for matches, _, _ in results] == [True, True]
+    assert torch.equal(results[0][1], results[1][1])
+    assert results[0][2] == pytest.approx(results[1][2])  # the loss meter is averaged over ranks
+
+
+@pytest.mark.timeout(300)
+def test_accumulation_with_no_sync_and_a_partial_window_matches_the_global_mean(ddp_results):
+    results = [accumulated for _, accumulated in ddp_results]
+    assert [state for state, _, _ in results] == [(2, 4), (2, 4)]
+    assert [matches for _, matches, _ in results] == [True, True]
+    checkpoint_dir = results[0][2]
+    assert results[1][2] == checkpoint_dir  # both ranks agree on the run directory
+    assert "latest.pth" in os.listdir(checkpoint_dir)  # written once, by rank 0
