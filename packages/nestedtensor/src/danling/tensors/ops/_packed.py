@@ -13,7 +13,7 @@ from typing import Any
 import torch  # noqa: F401  (the doctests use it)
 from torch import Tensor
 
-from .._layout import NestedLayout
+from .._layout import NestedLayout, inverse_permutation
 from .._padding import dense_to_values
 from ..nested_tensor import NestedTensor
 
@@ -105,6 +105,32 @@ def from_elements(tensors: Sequence[Tensor], like: NestedTensor) -> NestedTensor
     """Pack per-element results into a NestedTensor with ``like``'s settings."""
     return type(like)(
         list(tensors), batch_first=like._batch_first, padding_value=like._padding_value, mask_value=like._mask_value
+    )
+
+
+def split_elements(nt: NestedTensor) -> tuple[Tensor, ...]:
+    r"""
+    Views of every element cut from the values by one ``split``, for per-element paths that need gradients.
+
+    Backward of the pieces is one concatenation, where ``unbind``'s ``narrow`` views cost one zero-filled
+    buffer of the whole values per element; like every output of ``split``, the views must not be
+    written in place while autograd records.
+
+    Examples:
+        >>> nt = NestedTensor([torch.zeros(2, 3), torch.zeros(4, 3)]).transpose(1, 2)
+        >>> [tuple(element.shape) for element in split_elements(nt)]
+        [(3, 2), (3, 4)]
+    """
+    layout = nt._layout
+    if not layout.permutation:
+        return tuple(nt._values.unbind(0))
+    pieces = nt._values.split(layout.packed_sizes)
+    if layout.ragged_rank == 1 and layout.is_identity:
+        return pieces
+    inverse = inverse_permutation(layout.permutation)
+    return tuple(
+        piece.reshape(*(shape[d] for d in layout.ragged_dims), *layout.static_sizes).permute(inverse)
+        for piece, shape in zip(pieces, layout.element_shapes)
     )
 
 
@@ -213,5 +239,6 @@ __all__ = [
     "packed_like",
     "rewrap_result",
     "same_layout",
+    "split_elements",
     "unwrap_packed",
 ]
