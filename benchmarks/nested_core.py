@@ -33,23 +33,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn: Callable[[], object], device: torch.device, inner: int) -> float:
+def _time(fn: Callable[[object], object], setup: Callable[[], object], device: torch.device, inner: int) -> float:
+    """Milliseconds per call of ``fn(state)``, each call on its own ``setup()`` state (built untimed)."""
+    states = [setup() for _ in range(inner)]
     _sync(device)
     start = time.perf_counter()
-    for _ in range(inner):
-        fn()
+    for state in states:
+        fn(state)
     _sync(device)
     return (time.perf_counter() - start) / inner * 1e3
 
 
-def _compare(name: str, variants: dict[str, Callable[[], object]], device: torch.device, repeats: int, inner: int):
-    """Run ``variants`` interleaved; print median milliseconds and ours/alternative ratios."""
-    for fn in variants.values():  # warm-up
-        fn()
+def _compare(name: str, variants: dict, device: torch.device, repeats: int, inner: int) -> dict[str, float]:
+    """Run ``variants`` (label -> fn or (fn, setup)) interleaved; print medians and ours/alternative ratios."""
+    variants = {label: v if isinstance(v, tuple) else (v, lambda: None) for label, v in variants.items()}
+    for fn, setup in variants.values():  # warm-up
+        fn(setup())
     samples: dict[str, list[float]] = {label: [] for label in variants}
     for _ in range(repeats):
-        for label, fn in variants.items():
-            samples[label].append(_time(fn, device, inner))
+        for label, (fn, setup) in variants.items():
+            samples[label].append(_time(fn, setup, device, inner))
     medians = {label: statistics.median(times) for label, times in samples.items()}
     ours = medians["danling"]
     print(f"\n{name}")
@@ -86,15 +89,15 @@ def main() -> None:
     assert torch.equal(ours.tensor, torch.nested.to_padded_tensor(jagged, 0.0))
     print(f"device={device} batch={args.batch} lengths 16..512 (max {max_len}) x {args.features}, threads=1")
 
-    def padded_mask() -> torch.Tensor:
+    def padded_mask() -> torch.Tensor:  # what a pad_sequence user writes
         return torch.arange(max_len, device=device) < lengths_tensor[:, None]
 
     _compare(
         "build from a list of tensors",
         {
-            "danling": lambda: NestedTensor(tensors),
-            "torch.nested(jagged)": lambda: torch.nested.nested_tensor(tensors, layout=torch.jagged),
-            "pad_sequence": lambda: pad_sequence(tensors, batch_first=True),
+            "danling": lambda _: NestedTensor(tensors),
+            "torch.nested(jagged)": lambda _: torch.nested.nested_tensor(tensors, layout=torch.jagged),
+            "pad_sequence": lambda _: pad_sequence(tensors, batch_first=True),
         },
         device,
         args.repeats,
@@ -103,9 +106,9 @@ def main() -> None:
     _compare(
         ".tensor (padded, cold)",
         {
-            "danling": lambda: _cold(ours).tensor,
-            "torch.nested(jagged)": lambda: torch.nested.to_padded_tensor(jagged, 0.0),
-            "pad_sequence": lambda: pad_sequence(tensors, batch_first=True),
+            "danling": (lambda nt: nt.tensor, lambda: _cold(ours)),
+            "torch.nested(jagged)": lambda _: torch.nested.to_padded_tensor(jagged, 0.0),
+            "pad_sequence": lambda _: pad_sequence(tensors, batch_first=True),
         },
         device,
         args.repeats,
@@ -113,13 +116,13 @@ def main() -> None:
     )
     _compare(
         ".mask (cold)",
-        {"danling": lambda: _cold(ours).mask, "arange < lengths": padded_mask},
+        {"danling": (lambda nt: nt.mask, lambda: _cold(ours)), "arange < lengths": lambda _: padded_mask()},
         device,
         args.repeats,
         inner=20,
     )
 
-    def ours_all() -> tuple:
+    def ours_all(_) -> tuple:
         nt = NestedTensor(tensors)
         return nt.tensor, nt.mask
 
@@ -127,11 +130,11 @@ def main() -> None:
         "build + .tensor + .mask",
         {
             "danling": ours_all,
-            "torch.nested(jagged)": lambda: (
+            "torch.nested(jagged)": lambda _: (
                 torch.nested.to_padded_tensor(torch.nested.nested_tensor(tensors, layout=torch.jagged), 0.0),
                 padded_mask(),
             ),
-            "pad_sequence": lambda: (pad_sequence(tensors, batch_first=True), padded_mask()),
+            "pad_sequence": lambda _: (pad_sequence(tensors, batch_first=True), padded_mask()),
         },
         device,
         args.repeats,
@@ -142,7 +145,7 @@ def main() -> None:
     values = big._values
     _compare(
         f"x * 2 on {tuple(values.shape)} packed floats (issue-6 overhead target 1.05x)",
-        {"danling": lambda: big * 2, "packed tensor": lambda: values * 2},
+        {"danling": lambda _: big * 2, "packed tensor": lambda _: values * 2},
         device,
         args.repeats,
         inner=5,

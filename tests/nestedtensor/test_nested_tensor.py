@@ -263,3 +263,30 @@ class TestAutograd:
         assert not nested._values.requires_grad
         assert not NestedTensor([torch.ones(2, requires_grad=True)], requires_grad=False).requires_grad
         assert not nested.detach().requires_grad
+
+
+class TestDevices:
+    """``meta`` stands in for an accelerator: metadata stays on the CPU, index tensors are copied once."""
+
+    def test_views_and_ops_on_another_device(self):
+        cpu = NestedTensor([torch.randn(3, 4, 2), torch.randn(5, 1, 2)])
+        meta = cpu.to("meta")
+        assert meta._offsets.device.type == "cpu" and meta._layout is cpu._layout
+        results = [meta.tensor, meta.mask, meta[[1, 0]], meta.sum(dim=1), meta.mean(dim=(0, 2)), meta + 1]
+        expected = [cpu.tensor, cpu.mask, cpu[[1, 0]], cpu.sum(dim=1), cpu.mean(dim=(0, 2)), cpu + 1]
+        for got, want in zip(results, expected):
+            assert got.device.type == "meta" and got.shape == want.shape and got.dtype == want.dtype
+        cached_devices = {device.type for _, device in cpu._layout._device_cache}
+        assert cached_devices == {"cpu", "meta"}
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    def test_cuda_round_trip_matches_cpu(self):
+        cpu = NestedTensor([torch.randn(3, 4), torch.randn(5, 4)], requires_grad=True)
+        cuda = cpu.cuda()
+        assert cuda.device.type == "cuda" and cuda._offsets.device.type == "cpu"
+        torch.testing.assert_close(cuda.tensor.cpu(), cpu.tensor)
+        torch.testing.assert_close(cuda.mask.cpu(), cpu.mask)
+        torch.testing.assert_close(cuda.sum(dim=1).cpu(), cpu.sum(dim=1))
+        torch.testing.assert_close(cuda[[1, 0]].tensor.cpu(), cpu[[1, 0]].tensor)
+        (cuda * 2).tensor.sum().backward()
+        assert torch.equal(cpu.grad.concat, torch.full((8, 4), 2.0))

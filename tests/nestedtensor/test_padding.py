@@ -106,3 +106,16 @@ def test_from_tensor_mask_rejects_gaps_and_mismatches():
         values_from_tensor_mask(torch.zeros(1, 3, 1), hole_row)
     with pytest.raises(ValueError, match="Tensor/mask batch dimension mismatch: 2 vs 3"):
         values_from_tensor_mask(torch.zeros(2, 4), torch.ones(3, 4, dtype=torch.bool))
+
+
+def test_padding_paths_agree_and_are_differentiable():
+    sequences = [torch.randn(3, 2, dtype=torch.complex64), torch.randn(1, 2, dtype=torch.complex64)]
+    layout = NestedLayout.from_shapes([t.shape for t in sequences])
+    assert torch.equal(to_padded(layout, layout.pack(sequences), 0.0), padded(sequences))  # generic path
+    for shapes in ([(3, 2), (1, 2)], [(3, 2), (1, 4)]):  # jagged kernel, then the generic scatter
+        sources = [torch.randn(shape, requires_grad=True) for shape in shapes]
+        layout = NestedLayout.from_shapes(shapes)
+        weights = torch.randn(2, *layout.max_sizes)
+        (to_padded(layout, layout.pack(sources), -1.0) * weights).sum().backward()
+        for index, source in enumerate(sources):
+            assert torch.equal(source.grad, weights[(index, *(slice(0, s) for s in source.shape))])

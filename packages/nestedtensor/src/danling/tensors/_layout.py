@@ -243,20 +243,26 @@ class NestedLayout:
         return torch.cat(pieces)
 
     def element(self, values: Tensor, index: int) -> Tensor:
-        """View of element ``index`` inside ``values``."""
+        """View of element ``index`` inside ``values`` (writable in place, also under autograd)."""
         if not self.permutation:
             return values[index]
         rows = values.narrow(0, self.starts[index], self.packed_sizes[index])
         return self._shape_rows(rows, self.element_shapes[index])
 
     def unpack(self, values: Tensor) -> tuple[Tensor, ...]:
-        """Views of every element inside ``values``."""
+        """
+        Views of every element inside ``values``, cut by one ``split``.
+
+        Their backward is one concatenation (a ``narrow`` per element would cost one zero-filled
+        buffer of the whole values each); like ``unbind`` outputs, they must not be written in place
+        while autograd records: use [`element`][danling.tensors._layout.NestedLayout.element] for that.
+        """
         if not self.permutation:
-            return tuple(values[i] for i in range(len(self.element_shapes)))
-        return tuple(
-            self._shape_rows(values.narrow(0, start, size), shape)
-            for start, size, shape in zip(self.starts, self.packed_sizes, self.element_shapes)
-        )
+            return tuple(values.unbind(0))
+        pieces = values.split(self.packed_sizes)
+        if self.ragged_rank == 1 and self.is_identity:
+            return tuple(pieces)
+        return tuple(self._shape_rows(piece, shape) for piece, shape in zip(pieces, self.element_shapes))
 
     def _shape_rows(self, rows: Tensor, shape: Shape) -> Tensor:
         if self.ragged_rank == 1 and self.is_identity:
@@ -343,6 +349,10 @@ class NestedLayout:
             return index
 
         return self._cached("padded_rows", device, build)
+
+    def offsets_on(self, device: torch.device) -> Tensor:
+        """``offsets`` on ``device``."""
+        return self._cached("offsets", device, lambda device: self.to_device(self.offsets, device))
 
     def sizes_on(self, device: torch.device) -> Tensor:
         """``(B, rank)`` element shapes on ``device``."""

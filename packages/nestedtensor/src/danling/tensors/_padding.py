@@ -14,6 +14,25 @@ from torch import Tensor
 
 from ._layout import NestedLayout, inverse_permutation
 
+_JAGGED_KERNELS = hasattr(torch.ops.aten, "_jagged_to_padded_dense_forward") and hasattr(
+    torch.ops.aten, "_padded_dense_to_jagged_forward"
+)
+
+
+class _PadSequences(torch.autograd.Function):
+    """Padding of one ragged leading dim with torch's jagged kernels (the ones ``torch.nested`` uses)."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, offsets: Tensor, max_length: int, padding_value: float) -> Tensor:
+        ctx.save_for_backward(offsets)
+        ctx.rows = values.shape[0]
+        return torch.ops.aten._jagged_to_padded_dense_forward(values, [offsets], [max_length], padding_value)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple:
+        (offsets,) = ctx.saved_tensors
+        return torch.ops.aten._padded_dense_to_jagged_forward(grad, [offsets], ctx.rows), None, None, None
+
 
 def to_padded(layout: NestedLayout, values: Tensor, padding_value: float) -> Tensor:
     r"""
@@ -32,6 +51,9 @@ def to_padded(layout: NestedLayout, values: Tensor, padding_value: float) -> Ten
     static = tuple(values.shape[1:])
     if batch == 0:
         return values.new_full((0, *layout.max_sizes), padding_value)
+    if _JAGGED_KERNELS and layout.ragged_rank == 1 and layout.is_identity and not values.is_complex():
+        offsets = layout.offsets_on(values.device)
+        return _PadSequences.apply(values, offsets, layout.max_sizes[0], padding_value)
     out = values.new_full((batch * prod(ragged_max), *static), padding_value)
     if values.shape[0]:
         out.index_copy_(0, layout.padded_row_index(values.device), values)

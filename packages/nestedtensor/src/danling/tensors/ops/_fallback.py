@@ -27,12 +27,19 @@ def _nested_operands(values: Any, found: list[NestedTensor]) -> list[NestedTenso
     return found
 
 
-def _element_of(value: Any, index: int) -> Any:
+def _element_of(value: Any, index: int, views: dict[int, Any]) -> Any:
     if isinstance(value, NestedTensor):
-        return value._layout.element(value._values, index)
+        return views[id(value)][index]
     if isinstance(value, (list, tuple)) and any(isinstance(v, NestedTensor) for v in value):
-        return type(value)(_element_of(v, index) for v in value)
+        return type(value)(_element_of(v, index, views) for v in value)
     return value
+
+
+def _element_views(nested: list[NestedTensor], writable: bool) -> dict[int, Any]:
+    """Element views of every operand: one ``split`` each, or in-place-writable ``narrow`` views."""
+    if writable:
+        return {id(nt): [nt._layout.element(nt._values, i) for i in range(len(nt))] for nt in nested}
+    return {id(nt): nt._layout.unpack(nt._values) for nt in nested}
 
 
 def _translate(value: Any, reference: NestedTensor, name: str, func: object) -> Any:
@@ -113,11 +120,12 @@ def per_element_fallback(func: Callable, args: tuple, kwargs: dict) -> Any:
             raise ValueError(f"NestedTensor batch length mismatch between operands of {func}: {batch} vs {len(other)}")
     if isinstance(func, torch._ops.OpOverload):
         args, kwargs = translate_dim_arguments(func, reference, args, kwargs)
+    mutated = _mutated_argument(func, args, kwargs)
+    views = _element_views(nested, writable=mutated is not None)
     results = [
-        func(*(_element_of(a, i) for a in args), **{k: _element_of(v, i) for k, v in kwargs.items()})
+        func(*(_element_of(a, i, views) for a in args), **{k: _element_of(v, i, views) for k, v in kwargs.items()})
         for i in range(batch)
     ]
-    mutated = _mutated_argument(func, args, kwargs)
     if mutated is not None:
         return mutated
     if not results:
