@@ -12,6 +12,7 @@ from math import prod
 import torch
 from torch import Tensor
 
+from ._guard import check_padding
 from ._layout import NestedLayout, inverse_permutation
 
 _JAGGED_KERNELS = hasattr(torch.ops.aten, "_jagged_to_padded_dense_forward") and hasattr(
@@ -46,6 +47,7 @@ def to_padded(layout: NestedLayout, values: Tensor, padding_value: float) -> Ten
     """
     if not layout.permutation:
         return values.reshape(layout.batch_size)
+    check_padding("padded view")
     batch = layout.batch_size
     ragged_max = [layout.max_sizes[d] for d in layout.ragged_dims]
     static = tuple(values.shape[1:])

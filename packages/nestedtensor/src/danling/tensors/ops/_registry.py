@@ -74,7 +74,8 @@ where a static dim sits in ``values`` (``values_dim``), and give cached per-devi
 (``row_batch_index``, ``row_coordinates``, ``padded_row_index``, ``valid_mask``).
 
 Rules of the house: no Python loop over elements except in a documented per-element path (guard it
-with ``check_slow_path`` so tests can forbid it with ``forbid_slow_paths()``); metadata stays on the
+with ``check_slow_path`` so tests can forbid it with ``forbid_slow_paths()``; padded copies are
+guarded by ``check_padding`` and forbidden with ``forbid_slow_paths(padding=True)``); metadata stays on the
 CPU and is copied to the device once per layout; aten handlers that return plain tensors must not
 return views of ``_values`` (the wrapper's autograd kernel would re-register them as views of the
 wrapper), so element views are served at the torch level.
@@ -86,12 +87,32 @@ while dynamo traces, instead of silently running eagerly.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch._C import DispatchKey
+
+from .._guard import check_padding, check_slow_path, forbid_slow_paths
+
+__all__ = [
+    "ATEN_OPS",
+    "ATEN_RULES",
+    "COMPILE_SAFE",
+    "TORCH_FUNCTIONS",
+    "aten_rule",
+    "below_autograd",
+    "check_padding",
+    "check_slow_path",
+    "compile_unsupported",
+    "continue_to_aten",
+    "dispatch_aten",
+    "forbid_slow_paths",
+    "implements",
+    "implements_aten",
+    "inner_autograd",
+    "resolve_aten",
+]
 
 AtenHandler = Callable[[Any, tuple, dict], Any]
 
@@ -294,36 +315,3 @@ def dispatch_aten(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any
         compile_unsupported(func, "would fall back to per-element eager execution")
     with inner_autograd():
         return handler(func, args, kwargs)
-
-
-# ---------------------------------------------------------------------------- slow-path guard
-
-_forbidden: ContextVar[bool] = ContextVar("danling_nested_forbid_slow_paths", default=False)
-
-
-@contextlib.contextmanager
-def forbid_slow_paths() -> Iterator[None]:
-    r"""
-    Make per-element Python loops raise inside this block; tests use it to prove a path is packed.
-
-    Examples:
-        >>> from danling.tensors import NestedTensor
-        >>> nt = NestedTensor([1.0, 2.0], [3.0])
-        >>> with forbid_slow_paths():
-        ...     doubled = nt * 2
-        ...     first = nt.tolist()
-        Traceback (most recent call last):
-        ...
-        RuntimeError: NestedTensor hot path unexpectedly ran per element: tolist
-    """
-    token = _forbidden.set(True)
-    try:
-        yield
-    finally:
-        _forbidden.reset(token)
-
-
-def check_slow_path(detail: object) -> None:
-    """Call at the top of every per-element path; raises inside ``forbid_slow_paths()``."""
-    if _forbidden.get():
-        raise RuntimeError(f"NestedTensor hot path unexpectedly ran per element: {detail}")
