@@ -10,8 +10,6 @@ from danling.tensors.ops._registry import (
     ATEN_OPS,
     TORCH_FUNCTIONS,
     aten_rule,
-    check_slow_path,
-    forbid_slow_paths,
     implements,
     implements_aten,
     resolve_aten,
@@ -125,15 +123,3 @@ def test_eager_only_handlers_refuse_to_be_traced(clean_tables, nested, monkeypat
         return args[0]._values.sum()
 
     assert nested.sum() == 3.0
-
-
-def test_slow_path_guard_nests_and_resets():
-    check_slow_path("outside")
-    with forbid_slow_paths():
-        with pytest.raises(RuntimeError, match="unexpectedly ran per element: inside"):
-            check_slow_path("inside")
-        with forbid_slow_paths():
-            pass
-        with pytest.raises(RuntimeError):
-            check_slow_path("still forbidden")
-    check_slow_path("outside again")
