@@ -79,7 +79,7 @@ def _lined_up(operand: Any, layout: NestedLayout, like: NestedTensor, name: str,
             return operand._values
         if operand._layout.element_shapes == layout.element_shapes:
             check_slow_path(f"{op}: repacking {name} into the input's packing")
-            return layout.pack(operand.unbind())
+            return layout.pack(operand._layout.unpack(operand._values))
         raise ValueError(
             f"{op}: {name} has element shapes {operand._layout.element_shapes}, expected {layout.element_shapes}"
         )

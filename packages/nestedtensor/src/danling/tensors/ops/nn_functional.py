@@ -83,7 +83,8 @@ def each_element(fn: Callable[..., Tensor], *nested: NestedTensor, detail: str) 
     for other in nested[1:]:
         if len(other) != len(first):
             raise ValueError(f"{detail}: NestedTensor batch sizes differ, {len(first)} vs {len(other)}")
-    return from_elements([fn(*elements) for elements in zip(*(nt.unbind() for nt in nested))], like=first)
+    elements = zip(*(nt._layout.unpack(nt._values) for nt in nested))
+    return from_elements([fn(*group) for group in elements], like=first)
 
 
 def channel_values(nt: NestedTensor) -> Tensor | None:
@@ -102,6 +103,31 @@ def channel_values(nt: NestedTensor) -> Tensor | None:
     if layout.rank < 2 or layout.ragged_rank == layout.rank or layout.static_dims[0] != 0:
         return None
     return nt._values
+
+
+def same_layout_result(nt: NestedTensor, compute: Callable[[Tensor], Tensor]) -> NestedTensor:
+    r"""
+    ``packed_like(nt, compute(nt._values))`` for an op that keeps shape and dtype, with the wrapper built first.
+
+    A large op flushes the interpreter's working set from the CPU caches, so Python run after it is
+    slow: wrapping a ``(16k, 256)`` ``layer_norm`` result afterwards costs ~20 us (1.5% of the op),
+    building the wrapper before it costs nothing measurable. When ``compute`` changes the shape or
+    dtype (autocast), the result is wrapped afterwards as usual.
+
+    Examples:
+        >>> nt = NestedTensor([torch.ones(2, 3), torch.ones(1, 3)])
+        >>> same_layout_result(nt, lambda values: values * 2).tolist()
+        [[[2.0, 2.0, 2.0], [2.0, 2.0, 2.0]], [[2.0, 2.0, 2.0]]]
+    """
+    source = nt._values
+    if torch.compiler.is_compiling():
+        return packed_like(nt, compute(source))
+    shell = packed_like(nt, source)
+    values = compute(source)
+    if values.dtype != source.dtype or values.shape != source.shape or values.device != source.device:
+        return packed_like(nt, values)
+    shell._values = values
+    return shell
 
 
 def trailing_static(nt: NestedTensor, count: int) -> bool:
@@ -369,6 +395,7 @@ __all__ = [
     "glu",
     "linear",
     "prelu",
+    "same_layout_result",
     "trailing_static",
     "uniform_dense",
 ]

@@ -22,7 +22,7 @@ the values are viewed as the dense batch instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from math import inf
+from math import inf, prod
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,15 @@ from .._layout import NestedLayout
 from ..nested_tensor import NestedTensor
 from ._packed import element_dim, is_nested, packed_like
 from ._registry import implements
-from .nn_functional import channel_values, defer, each_element, from_uniform, trailing_static, uniform_dense
+from .nn_functional import (
+    channel_values,
+    defer,
+    each_element,
+    from_uniform,
+    same_layout_result,
+    trailing_static,
+    uniform_dense,
+)
 
 # ---------------------------------------------------------------------------- layer_norm, rms_norm
 
@@ -63,7 +71,7 @@ def layer_norm(
         return defer(F.layer_norm, (input, normalized_shape, weight, bias, eps), {})
     shape = _shape_argument(normalized_shape)
     if trailing_static(input, len(shape)):
-        return packed_like(input, torch.layer_norm(input._values, shape, weight, bias, eps))
+        return same_layout_result(input, lambda values: torch.layer_norm(values, shape, weight, bias, eps))
     dense = uniform_dense(input)
     if dense is not None:
         return from_uniform(input, F.layer_norm(dense, shape, weight, bias, eps))
@@ -87,7 +95,7 @@ def rms_norm(
         return defer(F.rms_norm, (input, normalized_shape, weight, eps), {})
     shape = _shape_argument(normalized_shape)
     if trailing_static(input, len(shape)):
-        return packed_like(input, torch.rms_norm(input._values, shape, weight, eps))
+        return same_layout_result(input, lambda values: torch.rms_norm(values, shape, weight, eps))
     dense = uniform_dense(input)
     if dense is not None:
         return from_uniform(input, F.rms_norm(dense, shape, weight, eps))
@@ -132,6 +140,16 @@ def _affine(values: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tenso
     return values
 
 
+def _check_group_sizes(layout: NestedLayout, groups: int, op: str) -> None:
+    """Raise like the dense op when some element has a single value per group (its variance is undefined)."""
+    smallest = min(layout.element_shapes, key=prod, default=None)
+    if smallest is not None and prod(smallest) <= groups:
+        raise ValueError(
+            f"{op} needs more than 1 value per group in every element, got an element of shape {smallest} "
+            f"with {groups} groups"
+        )
+
+
 def _channels(input: NestedTensor, op: str) -> int:
     layout = input._layout
     if layout.rank < 1:
@@ -165,6 +183,7 @@ def group_norm(
             f"group_norm needs the channel count to be divisible by num_groups, got {channels} channels "
             f"(element dim 0) and num_groups={num_groups}"
         )
+    _check_group_sizes(input._layout, num_groups, "group_norm")
     values = channel_values(input)
     if values is None:
         dense = uniform_dense(input)
@@ -203,7 +222,9 @@ def instance_norm(
     options = (running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
     if not is_nested(input) or any(is_nested(t) for t in options[:4]):
         return defer(F.instance_norm, (input, *options), {})
-    _channels(input, "instance_norm")
+    channels = _channels(input, "instance_norm")
+    if use_input_stats:
+        _check_group_sizes(input._layout, channels, "instance_norm")
     values = channel_values(input)
     if values is None:
         dense = uniform_dense(input)
