@@ -31,7 +31,11 @@ def test_transpose_swapaxes_movedim_and_errors():
     assert_elements(nested.swapaxes(-1, -2), [t.transpose(1, 2) for t in tensors])
     assert_elements(nested.movedim(1, 3), [t.movedim(0, 2) for t in tensors])
     with pytest.raises(ValueError, match="Cannot swap the batch dimension"):
-        nested.transpose(0, 1)
+        nested.transpose(0, 2)
+    batch_second = nested.transpose(0, 1)
+    assert not batch_second.batch_first and batch_second._values is nested._values
+    assert torch.equal(batch_second.tensor, nested.tensor.transpose(0, 1))
+    assert batch_second.transpose(1, 0).batch_first
     with pytest.raises(ValueError, match="Permuting the batch dimension is not supported"):
         nested.permute(1, 0, 2, 3)
     sequence_first = NestedTensor(tensors, batch_first=False)

@@ -66,7 +66,11 @@ def permute(func, args, kwargs) -> NestedTensor:
 @implements_aten(aten.transpose.int)
 def transpose(func, args, kwargs) -> NestedTensor:
     r"""
-    Swap two element dims (never the batch dim).
+    Swap two element dims; swapping dims 0 and 1 moves the batch dim by flipping ``batch_first``.
+
+    The flip keeps every element as it is (``(B, L, E)`` becomes ``(L, B, E)``, no copy), which is
+    what ``nn.MultiheadAttention(batch_first=True)`` does to its inputs. Other swaps involving the
+    batch dim raise.
 
     Examples:
         >>> nested_tensor = NestedTensor([torch.randn(3, 4), torch.randn(2, 4)])
@@ -74,10 +78,21 @@ def transpose(func, args, kwargs) -> NestedTensor:
         >>> transposed = nested_tensor.transpose(1, 2)  # transpose dims 1 and 2
         >>> transposed.shape  # batch dimension is still first
         torch.Size([2, 4, 3])
+        >>> nested_tensor.transpose(0, 1).shape, nested_tensor.transpose(0, 1).batch_first
+        (torch.Size([3, 2, 4]), False)
     """
     nt, dim0, dim1 = args
     batch = batch_dim(nt)
-    if batch in (normalize_dim(dim0, nt.dim()), normalize_dim(dim1, nt.dim())):
+    dims = {normalize_dim(dim0, nt.dim()), normalize_dim(dim1, nt.dim())}
+    if dims == {0, 1}:
+        return type(nt)._from_packed(
+            nt._values,
+            nt._layout,
+            batch_first=not nt._batch_first,
+            padding_value=nt._padding_value,
+            mask_value=nt._mask_value,
+        )
+    if batch in dims:
         raise ValueError("Cannot swap the batch dimension for NestedTensor.")
     first, second = element_dim(nt, dim0), element_dim(nt, dim1)
     order = list(range(nt._layout.rank))
