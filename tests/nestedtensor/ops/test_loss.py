@@ -37,6 +37,7 @@ def prepared(name, elements, seed=0):
     return inputs, targets
 
 
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides the total loss")  # kl_div's own advice
 @given(feature_batches(max_lead=2), st.sampled_from(sorted(ELEMENTWISE)), st.sampled_from(["mean", "sum"]))
 def test_reduced_elementwise_losses_count_real_positions_only(elements, name, reduction):
     loss = ELEMENTWISE[name][0]
@@ -97,12 +98,24 @@ def test_kl_div_batchmean_divides_by_the_number_of_elements_and_legacy_reduction
     assert isinstance(unreduced, NestedTensor) and unreduced.shape == (2, 3, 5)
 
 
+def test_packed_targets_are_taken_as_they_are():
+    logits, targets = classification_batch([4, 2, 3], seed=5)
+    nested_targets = NestedTensor(targets)
+    with forbid_slow_paths():
+        result = F.cross_entropy(NestedTensor(logits), nested_targets.concat, reduction="sum")
+        squared = F.mse_loss(NestedTensor(logits), NestedTensor(logits).concat * 2)
+    torch.testing.assert_close(result, class_reference(F.cross_entropy, logits, targets, reduction="sum"))
+    torch.testing.assert_close(squared, torch.cat(logits).square().mean())
+
+
 def test_targets_that_do_not_line_up_are_rejected():
     nested = NestedTensor([torch.randn(3, 2), torch.randn(1, 2)])
     with pytest.raises(ValueError, match=r"target has element shapes \(\(2, 2\), \(1, 2\)\)"):
         F.mse_loss(nested, NestedTensor([torch.randn(2, 2), torch.randn(1, 2)]))
     with pytest.raises(ValueError, match=r"padded tensor of shape \(2, 3, 2\)"):
         F.mse_loss(nested, torch.randn(2, 2, 2))
+    with pytest.raises(TypeError, match="not only as weights"):
+        F.binary_cross_entropy(torch.rand(4, 2), torch.rand(4, 2), weight=nested)
 
 
 # ---------------------------------------------------------------------------- class losses

@@ -11,6 +11,7 @@ Targets line up with the input in one of these forms:
 - a dense tensor of the padded shape (``target.tensor`` of such a NestedTensor, ``batch_first``
   as the input's): its padding positions are dropped whatever they hold, so no ``ignore_index``
   is needed for them;
+- a dense tensor that is already packed (``target.concat``);
 - for the elementwise losses, a tensor that broadcasts over static dims (a per-feature target),
   or a scalar. ``weight``, ``pos_weight`` and ``var`` line up the same way. A dense input with a
   NestedTensor target works too.
@@ -22,6 +23,21 @@ Elementwise losses (``mse_loss``, ``l1_loss``, ``smooth_l1_loss``, ``huber_loss`
 ``(L_i,)`` targets, or ``(L_i, C, d)`` with ``(L_i, d)``), or element dim 0 for ``(C,)`` elements,
 exactly as the dense loss reads every element; the target drops that dim (or, holding class
 probabilities, has the input's shapes). Class weights are per class and pass through unchanged.
+
+Examples:
+    >>> import torch.nn.functional as F
+    >>> logits = NestedTensor([torch.randn(3, 4), torch.randn(2, 4)])
+    >>> labels = NestedTensor([torch.tensor([0, 3, 1]), torch.tensor([2, 2])])
+    >>> loss = F.cross_entropy(logits, labels)
+    >>> torch.allclose(loss, F.cross_entropy(logits.concat, labels.concat))
+    True
+    >>> torch.allclose(loss, F.cross_entropy(logits, labels.tensor))  # padded labels: padding ignored
+    True
+    >>> F.cross_entropy(logits, labels, reduction="none").shape
+    torch.Size([2, 3])
+    >>> predictions = NestedTensor([torch.tensor([1.0, 2.0]), torch.tensor([3.0])])
+    >>> F.mse_loss(predictions, torch.tensor([[1.0, 0.0], [0.0, 99.0]]))  # (0 + 4 + 9) / 3
+    tensor(4.3333)
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+import torch  # noqa: F401  (the doctests use it)
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -85,6 +102,8 @@ def _lined_up(operand: Any, layout: NestedLayout, like: NestedTensor, name: str,
         )
     if operand.dim() == 0:
         return operand
+    if operand.dim() == 1 + len(layout.static_sizes) and operand.shape == (layout.num_rows, *layout.static_sizes):
+        return operand.to(like.device)  # already packed (``.concat`` of a NestedTensor with this layout)
     if layout is like._layout:
         aligned = align_dense(like, operand)
         if aligned is not None:
@@ -131,9 +150,9 @@ _LINED_UP = ("input", "target", "weight", "pos_weight", "var")
 def _elementwise_loss(func: Callable) -> Callable:
     def handler(*args: Any, **kwargs: Any) -> Tensor:
         arguments = _bind(func, args, kwargs)
-        reference = next(arguments[n] for n in ("input", "target") if is_nested(arguments.get(n)))
-        if not reference.is_floating_point() and is_nested(arguments["input"]):
-            raise TypeError(f"{func.__name__} needs a floating point input, got {reference.dtype}")
+        reference = next((arguments[n] for n in ("input", "target") if is_nested(arguments[n])), None)
+        if reference is None:
+            raise TypeError(f"{func.__name__} takes NestedTensors as input or target, not only as weights")
         layout = reference._layout
         for name in _LINED_UP:
             if name in arguments:
@@ -191,9 +210,11 @@ def _class_scores(input: NestedTensor, op: str) -> tuple[Tensor, NestedLayout, i
 
 def _class_targets(target: Any, input: NestedTensor, target_layout: NestedLayout, values_dim: int, op: str) -> Tensor:
     """Class indices lined up with ``target_layout``, or class probabilities shaped like the scores."""
-    probabilities = (is_nested(target) and same_layout(target, input)) or (
-        not is_nested(target) and isinstance(target, Tensor) and target.dim() == input.dim()
-    )
+    if is_nested(target):
+        probabilities = same_layout(target, input)
+    else:
+        probabilities = isinstance(target, Tensor) and target.is_floating_point()
+        probabilities = probabilities and (target.dim() == input.dim() or target.shape == input._values.shape)
     if not probabilities:
         return _lined_up(target, target_layout, input, "target", op)
     values = _lined_up(target, input._layout, input, "target", op)
