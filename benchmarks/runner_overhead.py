@@ -11,8 +11,9 @@ Training task (the same for every variant): 8192 samples of 64 features, 10 clas
 - ``runner (default)``: ``TorchRunner`` with its default config (log file, progress lines, a
   checkpoint about every 20th of the run, asynchronous, plus the final one).
 
-Variants are interleaved ``--repeats`` times; the script prints the median time of
-``runner.train()`` (construction is timed separately) and the median ratio to ``raw``.
+Variants are interleaved ``--repeats`` times; the script prints the median wall time of
+``runner.train()`` (construction is timed separately), the median ratio to ``raw``, and the same
+ratio in CPU time of the process (all threads), which other programs on a busy machine disturb less.
 
 Checkpoints, for the trained task and for a larger model (MLP of width 1024, ~3.2M parameters):
 a synchronous ``save_checkpoint`` against ``torch.save`` of the same ``state_dict()`` (both
@@ -54,13 +55,13 @@ def make_model(width: int = 256) -> nn.Module:
     )
 
 
-def raw_loop(dataset: TensorDataset, steps: int) -> float:
-    """The hand-written loop; returns seconds spent training."""
+def raw_loop(dataset: TensorDataset, steps: int) -> tuple[float, float]:
+    """The hand-written loop; returns wall and CPU seconds spent training."""
     model = make_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     criterion = nn.CrossEntropyLoss()
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     step = 0
     while step < steps:
         for inputs, labels in loader:
@@ -71,7 +72,7 @@ def raw_loop(dataset: TensorDataset, steps: int) -> float:
             step += 1
             if step == steps:
                 break
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 class BenchmarkRunner(TorchRunner):
@@ -94,17 +95,17 @@ def runner_config(root: str, steps: int, *, quiet: bool) -> dict:
     return config
 
 
-def runner_loop(dataset: TensorDataset, steps: int, *, quiet: bool) -> tuple[float, float]:
-    """Seconds to build the runner and seconds in ``runner.train()`` (stdout discarded)."""
+def runner_loop(dataset: TensorDataset, steps: int, *, quiet: bool) -> tuple[float, float, float]:
+    """Seconds to build the runner, and wall and CPU seconds in ``runner.train()`` (stdout discarded)."""
     with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()):
         start = time.perf_counter()
         runner = BenchmarkRunner(runner_config(root, steps, quiet=quiet), dataset)
-        built = time.perf_counter()
+        built, cpu = time.perf_counter(), time.process_time()
         runner.train()
-        trained = time.perf_counter()
+        trained, cpu = time.perf_counter(), time.process_time() - cpu
         runner.close()
         assert runner.train_state.global_step == steps
-    return built - start, trained - built
+    return built - start, trained - built, cpu
 
 
 def checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> dict[str, float]:
@@ -138,8 +139,10 @@ def checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> dict[s
     return {name: statistics.median(values) for name, values in timings.items()}
 
 
-def interleave(cases: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    timings: dict[str, list[float]] = {name: [] for name in cases}
+def interleave(
+    cases: dict[str, Callable[[], tuple[float, float]]], repeats: int
+) -> dict[str, list[tuple[float, float]]]:
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, case in cases.items():
             timings[name].append(case())
@@ -148,18 +151,18 @@ def interleave(cases: dict[str, Callable[[], float]], repeats: int) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--steps", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(1)
     dataset = make_data()
     builds: dict[str, list[float]] = {"runner (quiet)": [], "runner (default)": []}
 
-    def runner_case(name: str, quiet: bool) -> Callable[[], float]:
-        def run() -> float:
-            built, trained = runner_loop(dataset, args.steps, quiet=quiet)
+    def runner_case(name: str, quiet: bool) -> Callable[[], tuple[float, float]]:
+        def run() -> tuple[float, float]:
+            built, wall, cpu = runner_loop(dataset, args.steps, quiet=quiet)
             builds[name].append(built)
-            return trained
+            return wall, cpu
 
         return run
 
@@ -174,12 +177,13 @@ def main() -> None:
     timings = interleave(cases, args.repeats)
     raw = timings["raw"]
     print(f"training: {args.steps} steps, batch {BATCH}, MLP 64-256-256-10, AdamW, 1 thread, {args.repeats} repeats")
-    print(f"{'variant':<18} {'median s':>9} {'ms/step':>8} {'ratio':>6} {'build s':>8}")
+    print(f"{'variant':<18} {'median s':>9} {'ms/step':>8} {'ratio':>6} {'cpu ratio':>9} {'build s':>8}")
     for name, values in timings.items():
-        ratio = statistics.median(value / base for value, base in zip(values, raw))
+        ratio = statistics.median(wall / base[0] for (wall, _), base in zip(values, raw))
+        cpu_ratio = statistics.median(cpu / base[1] for (_, cpu), base in zip(values, raw))
         build = f"{statistics.median(builds[name]):8.3f}" if name in builds else f"{'':>8}"
-        median = statistics.median(values)
-        print(f"{name:<18} {median:9.4f} {median / args.steps * 1e3:8.3f} {ratio:6.3f} {build}")
+        median = statistics.median(wall for wall, _ in values)
+        print(f"{name:<18} {median:9.4f} {median / args.steps * 1e3:8.3f} {ratio:6.3f} {cpu_ratio:9.3f} {build}")
     for width in (256, 1024):
         costs = checkpoint_costs(dataset, width, args.repeats)
         parameters = sum(p.numel() for p in make_model(width).parameters())

@@ -247,7 +247,9 @@ def test_from_checkpoint_and_from_pretrained(tmp_path):
     mapped.close()
 
 
-def test_restore_precedence_resume_then_auto_resume_then_pretrained(tmp_path):
+def test_restore_precedence_resume_then_auto_resume_then_pretrained(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the checkout: other edits to it would change the code id between runs
+
     def trained(root, lr):
         runner = ClassifierRunner(epoch_config(root, epochs=1, optim={"type": "sgd", "lr": lr}))
         runner.train()

@@ -130,7 +130,8 @@ def test_interrupted_run_differs_without_restoring_rng(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(expected, actual))
 
 
-def test_auto_resume_continues_the_same_run_directory(tmp_path):
+def test_auto_resume_continues_the_same_run_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the checkout: other edits to it would change the code id between runs
     expected, _ = reference_parameters(tmp_path / "reference", epochs=2)
     interrupted = ResumableRunner(make_config(tmp_path / "run", epochs=2), stop_at=5)
     with pytest.raises(Interrupted):

@@ -420,3 +420,66 @@ def test_plain_runner_returns_the_concrete_class_and_rejects_unknown_stacks(tmp_
     runner = Concrete(base_config(tmp_path))
     assert type(runner) is Concrete
     runner.close()
+
+
+def test_train_metrics_are_reported_per_epoch(tmp_path):
+    from danling.metrics import multiclass_metrics
+
+    runner = ClassifierRunner(
+        base_config(tmp_path, epochs=1, optim={"type": "sgd", "lr": 0.1}, dataloader={"batch_size": 8})
+    )
+    runner.train_metrics = multiclass_metrics(num_classes=3, metrics=["acc"])
+    runner.train()
+    assert set(runner.results[0]["train"]) == {"loss", "lr", "acc"}
+    assert runner.metrics is runner.evaluate_metrics  # the loops switch containers; evaluation ran last
+    runner.close()
+
+
+def test_compiled_model_checkpoints_with_plain_names(tmp_path):
+    config = base_config(
+        tmp_path, epochs=1, optim={"type": "sgd", "lr": 0.1}, compile={"enable": True, "backend": "eager"}
+    )
+    runner = ClassifierRunner(config)
+    assert hasattr(runner.model, "_orig_mod") and runner.unwrap(runner.model) is runner.model._orig_mod
+    runner.train()
+    assert sorted(runner.state_dict()["model"]) == ["bias", "weight"]
+    runner.close()
+
+
+def test_deterministic_mode_asks_torch_for_deterministic_kernels(tmp_path):
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        runner = ClassifierRunner(base_config(tmp_path, epochs=1, deterministic=True))
+        assert torch.are_deterministic_algorithms_enabled()
+        runner.close()
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_wandb_receives_the_run_identity_and_scalars(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    class FakeRun:
+        def log(self, values, step):
+            calls.append(("log", values, step))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: calls.append(("init", kwargs)) or FakeRun()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    config = base_config(
+        tmp_path, epochs=1, lineage="lin-a", wandb={"enabled": True, "tags": "debug"}, optim={"type": "sgd", "lr": 0.1}
+    )
+    runner = ClassifierRunner(config)
+    runner.write_result({"loss": 1.0, "metrics": {"top": [0.8, 0.9]}}, "train", steps=5)
+    runner.close()
+    init = calls[0][1]
+    assert (init["project"], init["group"], init["name"], init["tags"]) == ("lin-a", "exp", runner.id, ["debug"])
+    assert init["dir"] == runner.workspace.dir and init["config"]["lineage"] == "lin-a"
+    assert calls[1] == ("log", {"train/loss": 1.0, "train/metrics/top/0": 0.8, "train/metrics/top/1": 0.9}, 5)
+    assert calls[-1] == ("finish",)

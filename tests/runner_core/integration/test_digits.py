@@ -48,7 +48,8 @@ def test_digits_example_trains_evaluates_and_keeps_its_outputs(tmp_path, capsys)
     assert len(events.Scalars("val/acc")) == 4
 
 
-def test_digits_example_resumes_from_its_latest_checkpoint(tmp_path):
+def test_digits_example_resumes_from_its_latest_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the checkout: other edits to it would change the code id between runs
     digits = load_example()
     first = digits.main(
         ["--epochs", "2", "--workspace_root", str(tmp_path), "--log", "false", "--tensorboard", "false"]

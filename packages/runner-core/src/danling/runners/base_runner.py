@@ -554,10 +554,11 @@ class BaseRunner(metaclass=MetaRunner):
     def save_checkpoint(
         self,
         name: str = "latest",
-        epochs: int | None = None,
-        save_best: bool = True,
-        last_step: bool = False,
+        *,
         force: bool = False,
+        last_step: bool = False,
+        save_best: bool = True,
+        epochs: int | None = None,
     ) -> bool:
         r"""
         Save a checkpoint if one is due (the manager's cadence), or always with ``force``/``last_step``.

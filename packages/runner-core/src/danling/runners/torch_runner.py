@@ -138,7 +138,7 @@ class TorchRunner(BaseRunner):
     # processes and device
 
     def init_distributed(self) -> None:
-        """Start the process group when launched with ``WORLD_SIZE > 1`` (``torchrun``); share rank 0's timestamp."""
+        """Start the process group when launched with ``WORLD_SIZE > 1`` (``torchrun``); share rank 0's run identity."""
         self.owns_process_group = init_process_group_from_env(
             backend=self.config.get("backend"),
             init_method=self.config.get("init_method"),
@@ -146,12 +146,14 @@ class TorchRunner(BaseRunner):
         )
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.workspace.timestamp = broadcast_object(self.workspace.timestamp)
+        if self.distributed and is_initialized():  # every rank must agree on the run's id and directory
+            self.workspace.timestamp = broadcast_object(self.workspace.timestamp)
+            self.workspace.code_id = broadcast_object(self.workspace.code_id if self.is_main_process else None)
         self.elastic_state.restart_count = int(os.getenv("TORCHELASTIC_RESTART_COUNT", "0"))
 
-    @property
+    @cached_property
     def device(self) -> torch.device:
-        """``cuda:{local_rank}`` when CUDA is available, else the CPU."""
+        """``cuda:{local_rank}`` when CUDA is available, else the CPU (read once: it is on every step's path)."""
         if torch.cuda.is_available():
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
