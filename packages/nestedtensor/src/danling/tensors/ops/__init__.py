@@ -4,7 +4,19 @@
 helpers handlers use; ``_fallback.py`` the per-element path that makes every other op work.
 """
 
-from . import creation, elementwise, indexing, loss, nn_functional, normalization, reduction, shape
+from . import (
+    attention,
+    conv,
+    creation,
+    elementwise,
+    indexing,
+    loss,
+    nn_functional,
+    normalization,
+    pool,
+    reduction,
+    shape,
+)
 from ._fallback import per_element_fallback
 from ._registry import (
     ATEN_OPS,
@@ -20,7 +32,9 @@ __all__ = [
     "ATEN_OPS",
     "TORCH_FUNCTIONS",
     "aten_rule",
+    "attention",
     "check_slow_path",
+    "conv",
     "creation",
     "elementwise",
     "forbid_slow_paths",
@@ -31,6 +45,7 @@ __all__ = [
     "nn_functional",
     "normalization",
     "per_element_fallback",
+    "pool",
     "reduction",
     "shape",
 ]
