@@ -139,6 +139,29 @@ def test_embedding_gradcheck():
     assert torch.autograd.gradcheck(lambda w: F.embedding(indices, w)._values, (weight,))
 
 
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bag_treats_every_element_as_one_bag(mode):
+    bag = nn.EmbeddingBag(7, 3, mode=mode, padding_idx=0)
+    indices = [torch.tensor([1, 2, 2, 5]), torch.tensor([6]), torch.tensor([3, 0])]
+    check_op(bag, [indices], lambda x: bag(x[None])[0], dense=True)
+
+
+def test_embedding_bag_per_sample_weights_and_weight_gradient():
+    table = torch.randn(7, 3, requires_grad=True)
+    indices = [torch.tensor([1, 2, 2]), torch.tensor([6, 4])]
+    weights = [torch.rand(3), torch.rand(2)]
+    expected = torch.stack(
+        [F.embedding_bag(i[None], table, mode="sum", per_sample_weights=w[None])[0] for i, w in zip(indices, weights)]
+    )
+    for per_sample in (NestedTensor(weights), NestedTensor(weights).tensor):
+        with forbid_slow_paths():
+            result = F.embedding_bag(NestedTensor(indices), table, mode="sum", per_sample_weights=per_sample)
+        torch.testing.assert_close(result, expected)
+    (grad,) = torch.autograd.grad(result.sum(), table)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), table)
+    torch.testing.assert_close(grad, expected_grad)
+
+
 # ---------------------------------------------------------------------------- dropout family
 
 
@@ -251,6 +274,16 @@ def test_glu_along_a_ragged_dim_runs_per_element():
     check_op(lambda x: F.glu(x, dim=1), [elements], lambda x: F.glu(x, dim=0), packed=False)
 
 
+def test_gumbel_softmax_draws_like_the_concatenated_values():
+    elements = [torch.randn(3, FEATURES), torch.randn(2, FEATURES)]
+    for hard in (False, True):
+        torch.manual_seed(4)
+        with forbid_slow_paths():
+            result = F.gumbel_softmax(NestedTensor(elements), tau=0.5, hard=hard)
+        torch.manual_seed(4)
+        torch.testing.assert_close(result._values, F.gumbel_softmax(torch.cat(elements), tau=0.5, hard=hard))
+
+
 def test_softmin_follows_softmax():
     elements = [torch.randn(3, FEATURES), torch.randn(5, FEATURES)]
     check_op(lambda x: F.softmin(x, dim=-1), [elements], packed=False)
@@ -268,7 +301,18 @@ GRADCHECKS = {
     "hardswish": (F.hardswish, [(2, 3), (1, 3)], ()),
     "dropout1d": (lambda x: _seeded(F.dropout1d, x, 0.5, True), [(4, 3), (4, 1)], ()),
     "dropout": (lambda x: _seeded(F.dropout, x, 0.5, True), [(4, 3), (2, 3)], ()),
+    "gumbel_softmax": (lambda x: _seeded(F.gumbel_softmax, x), [(2, 3), (1, 3)], ()),
+    "embedding_bag_weights": (
+        lambda w: F.embedding_bag(
+            NestedTensor([torch.tensor([0, 2]), torch.tensor([1])]), TABLE, per_sample_weights=w, mode="sum"
+        ),
+        [(2,), (1,)],
+        (),
+    ),
 }
+
+
+TABLE = torch.randn(3, 2, dtype=torch.float64)
 
 
 def _seeded(op, *args):

@@ -147,6 +147,19 @@ def test_instance_norm_running_statistics_average_the_element_updates():
     check_op(layer, [elements], per_sample(layer), dense=False, **TOLERANCE)
 
 
+@given(channel_batches(channels=5, rank=3))
+def test_local_response_norm_matches_every_element(elements):
+    op = lambda x: F.local_response_norm(x, 3, alpha=0.1)  # noqa: E731
+    check_op(op, [elements], per_sample(op), dense=False, **TOLERANCE)
+
+
+def test_local_response_norm_on_channels_only_elements():
+    vectors = [torch.rand(5, 1), torch.rand(5, 1)]  # one position: values are (B, C) rows
+    op = lambda x: F.local_response_norm(x, 2)  # noqa: E731
+    check_op(op, [[torch.rand(5, 2), torch.rand(5, 4)]], per_sample(op), dense=False, **TOLERANCE)
+    check_op(op, [vectors], per_sample(op), dense=False, **TOLERANCE)
+
+
 # ---------------------------------------------------------------------------- batch_norm
 
 
@@ -248,6 +261,7 @@ GRADCHECKS = {
     "group_norm": (lambda x, w, b: F.group_norm(x, 2, w, b), [(4, 3), (4, 2)], (torch.rand(4), torch.randn(4))),
     "instance_norm": (lambda x: F.instance_norm(x), [(2, 3), (2, 4)], ()),
     "batch_norm": (lambda x, w: F.batch_norm(x, None, None, w, training=True), [(2, 3), (2, 2)], (torch.rand(2),)),
+    "local_response_norm": (lambda x: F.local_response_norm(x, 2, alpha=0.5), [(3, 2), (3, 1)], ()),
     "normalize_static": (lambda x: F.normalize(x, dim=-1), [(2, 3), (1, 3)], ()),
     "normalize_ragged": (lambda x: F.normalize(x, dim=1), [(2, 3), (4, 3)], ()),
     "normalize_ragged_inf": (lambda x: F.normalize(x, inf, dim=1), [(2, 3), (4, 3)], ()),

@@ -34,7 +34,7 @@ from torch import Tensor
 from .._layout import NestedLayout
 from .._padding import uniform_values
 from ..nested_tensor import NestedTensor
-from ._packed import element_dim, from_elements, is_nested, packed_like, same_layout
+from ._packed import align_dense, element_dim, from_elements, is_nested, packed_like, same_layout
 from ._registry import check_slow_path, implements
 
 # ---------------------------------------------------------------------------- helpers shared with the nn families
@@ -230,6 +230,45 @@ def embedding(
     return packed_like(input, values, grown)
 
 
+@implements(F.embedding_bag)
+def embedding_bag(
+    input: Tensor,
+    weight: Tensor,
+    offsets: Tensor | None = None,
+    max_norm: float | None = None,
+    norm_type: float = 2,
+    scale_grad_by_freq: bool = False,
+    mode: str = "mean",
+    sparse: bool = False,
+    per_sample_weights: Tensor | None = None,
+    include_last_offset: bool = False,
+    padding_idx: int | None = None,
+) -> Tensor:
+    r"""
+    ``F.embedding_bag`` (and ``nn.EmbeddingBag``) with every 1-D element as one bag: a dense ``(B, D)`` result.
+
+    The packed indices and the element offsets are exactly what the op takes; ``per_sample_weights``
+    may be a NestedTensor of the same element shapes (or of their padded shape).
+
+    Examples:
+        >>> bag = torch.nn.EmbeddingBag(10, 3, mode="sum")
+        >>> tokens = NestedTensor([torch.tensor([1, 2, 3]), torch.tensor([4])])
+        >>> torch.allclose(bag(tokens)[0], bag.weight[1:4].sum(0))
+        True
+    """
+    options = (max_norm, norm_type, scale_grad_by_freq, mode, sparse)
+    if not is_nested(input) or offsets is not None or is_nested(weight) or input._layout.rank != 1:
+        arguments = (input, weight, offsets, *options, per_sample_weights, include_last_offset, padding_idx)
+        return defer(F.embedding_bag, arguments, {})
+    layout = input._layout
+    starts = layout.to_device(layout.offsets[:-1], input.device)
+    if is_nested(per_sample_weights):
+        per_sample_weights = per_sample_weights._values
+    elif per_sample_weights is not None and per_sample_weights.shape == input.shape:
+        per_sample_weights = align_dense(input, per_sample_weights)
+    return F.embedding_bag(input._values, weight, starts, *options, per_sample_weights, False, padding_idx)
+
+
 # ---------------------------------------------------------------------------- elementwise ops that are not aten-pointwise
 
 _ON_VALUES = (
@@ -315,6 +354,25 @@ def glu(input: Tensor, dim: int = -1) -> Tensor:
     return each_element(lambda x: F.glu(x, target), input, detail="glu along a ragged dim")
 
 
+@implements(F.gumbel_softmax)
+def gumbel_softmax(logits: Tensor, tau: float = 1, hard: bool = False, eps: float = 1e-10, dim: int = -1) -> Tensor:
+    r"""
+    ``F.gumbel_softmax`` along a static element dim, on the packed values (one draw per value).
+
+    Along a ragged dim it decomposes into ops that run on NestedTensors (``softmax.py``).
+
+    Examples:
+        >>> nt = NestedTensor([torch.randn(3, 4), torch.randn(1, 4)])
+        >>> F.gumbel_softmax(nt, hard=True).sum(-1).tolist()
+        [[1.0, 1.0, 1.0], [1.0]]
+    """
+    if is_nested(logits):
+        values_dim = logits._layout.values_dim(element_dim(logits, dim))
+        if values_dim is not None:
+            return packed_like(logits, F.gumbel_softmax(logits._values, tau, hard, eps, values_dim))
+    return defer(F.gumbel_softmax, (logits, tau, hard, eps, dim), {})
+
+
 # ---------------------------------------------------------------------------- channel-wise dropout
 
 
@@ -391,8 +449,10 @@ __all__ = [
     "defer",
     "each_element",
     "embedding",
+    "embedding_bag",
     "from_uniform",
     "glu",
+    "gumbel_softmax",
     "linear",
     "prelu",
     "same_layout_result",

@@ -259,6 +259,31 @@ def instance_norm_aten_order(
     return instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
 
 
+@implements(F.local_response_norm)
+def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> Tensor:
+    r"""
+    ``F.local_response_norm`` across neighbouring channels at every position, on the packed values.
+
+    Examples:
+        >>> nt = NestedTensor([torch.rand(4, 3), torch.rand(4, 5)])
+        >>> out = F.local_response_norm(nt, 2)
+        >>> torch.allclose(out[1], F.local_response_norm(nt[1][None], 2)[0])
+        True
+    """
+    if not is_nested(input):
+        return defer(F.local_response_norm, (input, size, alpha, beta, k), {})
+    values = channel_values(input)
+    if values is not None:
+        positions = values if values.dim() > 2 else values.unsqueeze(-1)
+        return packed_like(input, F.local_response_norm(positions, size, alpha, beta, k).reshape(values.shape))
+    dense = uniform_dense(input)
+    if dense is not None and dense.dim() > 2:
+        return from_uniform(input, F.local_response_norm(dense, size, alpha, beta, k))
+    return each_element(
+        lambda x: F.local_response_norm(x[None], size, alpha, beta, k)[0], input, detail="local_response_norm"
+    )
+
+
 # ---------------------------------------------------------------------------- batch_norm
 
 
@@ -366,6 +391,7 @@ __all__ = [
     "group_norm",
     "instance_norm",
     "layer_norm",
+    "local_response_norm",
     "normalize",
     "rms_norm",
 ]
