@@ -45,3 +45,30 @@ def padded(tensors: list[Tensor], fill: float = 0.0) -> Tensor:
     for i, t in enumerate(tensors):
         out[(i, *(slice(0, s) for s in t.shape))] = t
     return out
+
+
+@st.composite
+def ragged_images(
+    draw,
+    spatial: int | None = None,
+    max_batch: int = 4,
+    max_size: int = 7,
+    channels: int | None = None,
+    batched: bool | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> list[Tensor]:
+    """Inputs of convolution/pooling: 1..max_batch ``(C, *spatial)`` tensors, or ``(N, C, *spatial)`` when batched.
+
+    The channel count is shared; each spatial dim is ragged or static (drawn), and N varies when batched.
+    """
+    spatial = spatial or draw(st.integers(1, 3))
+    channels = channels or draw(st.integers(1, 3))
+    batched = draw(st.booleans()) if batched is None else batched
+    static = {d: draw(st.integers(1, max_size)) for d in range(spatial) if draw(st.booleans())}
+    batch = draw(st.integers(1, max_batch))
+    shapes = []
+    for _ in range(batch):
+        sizes = tuple(static.get(d) or draw(st.integers(1, max_size)) for d in range(spatial))
+        shapes.append(((draw(st.integers(1, 2)),) if batched else ()) + (channels, *sizes))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    return [torch.randn(shape, generator=generator, dtype=dtype) for shape in shapes]
