@@ -79,9 +79,16 @@ def forward_windows(
     return tuple(Window(k, s, d, before, after) for k, s, d, (before, after) in zip(kernel, strides, dilations, pads))
 
 
-def _check_input(input: object, weight: Tensor, spatial: int, op: str) -> None:
+def input_channels(input: object, spatial: int, op: str) -> int:
+    """Channel count of a NestedTensor input of a window op, checking its type and element rank (0 if empty)."""
     if not is_nested(input):
         raise TypeError(f"{op} on NestedTensors takes the NestedTensor as input, got {type(input).__name__} input")
+    if not len(input):
+        return 0
+    return input._layout.element_shapes[0][Images.of(input, spatial, op).channel_dim]
+
+
+def _check_weight(weight: Tensor, spatial: int, op: str) -> None:
     if is_nested(weight) or weight.dim() != spatial + 2:
         raise ValueError(f"{op} expects a dense weight of {spatial + 2} dims, got {tuple(weight.shape)}")
 
@@ -142,9 +149,9 @@ def convolution(
         torch.Size([2, 8, 10])
     """
     op = f"conv{spatial}d"
-    _check_input(input, weight, spatial, op)
-    channels = input._layout.element_shapes[0][input._layout.rank - spatial - 1] if len(input) else None
-    if channels is not None and channels != weight.size(1) * groups:
+    channels = input_channels(input, spatial, op)
+    _check_weight(weight, spatial, op)
+    if len(input) and channels != weight.size(1) * groups:
         raise ValueError(
             f"{op} with weight {tuple(weight.shape)} and groups={groups} expects {weight.size(1) * groups} "
             f"input channels, got elements of shapes {input._layout.element_shapes}"
@@ -185,9 +192,9 @@ def conv_transpose(
         True
     """
     op = f"conv_transpose{spatial}d"
-    _check_input(input, weight, spatial, op)
-    channels = input._layout.element_shapes[0][input._layout.rank - spatial - 1] if len(input) else None
-    if channels is not None and channels != weight.size(0):
+    channels = input_channels(input, spatial, op)
+    _check_weight(weight, spatial, op)
+    if len(input) and channels != weight.size(0):
         raise ValueError(
             f"{op} with weight {tuple(weight.shape)} expects {weight.size(0)} input channels, "
             f"got elements of shapes {input._layout.element_shapes}"
@@ -217,4 +224,4 @@ for _spatial in (1, 2, 3):
     implements(getattr(torch, f"conv{_spatial}d"))(partial(convolution, spatial=_spatial))
     implements(getattr(torch, f"conv_transpose{_spatial}d"))(partial(conv_transpose, spatial=_spatial))
 
-__all__ = ["conv_transpose", "convolution", "expand_argument", "forward_windows", "run_windows"]
+__all__ = ["conv_transpose", "convolution", "expand_argument", "forward_windows", "input_channels", "run_windows"]

@@ -32,7 +32,7 @@ from ..nested_tensor import NestedTensor
 from ._canvas import CanvasPlan, Images, Window, canvas_plan
 from ._packed import from_elements, is_nested, packed_like, split_elements
 from ._registry import check_slow_path, implements
-from .conv import expand_argument, run_windows
+from .conv import expand_argument, input_channels, run_windows
 
 IntOrTuple = int | Sequence[int]
 
@@ -67,10 +67,6 @@ def pool_windows(
             f"dilation {dilations}"
         )
     return tuple(Window(k, s, d, p, p, ceil_mode) for k, s, p, d in zip(kernels, strides, pads, dilations))
-
-
-def _channels(input: NestedTensor, spatial: int) -> int:
-    return input._layout.element_shapes[0][input._layout.rank - spatial - 1] if len(input) else 0
 
 
 def _check_nested(input: object, op: str) -> None:
@@ -108,7 +104,7 @@ def max_pool(
                  [7, 8]]])
     """
     op = f"max_pool{spatial}d"
-    _check_nested(input, op)
+    channels = input_channels(input, spatial, op)
     windows = pool_windows(kernel_size, stride, padding, dilation, ceil_mode, spatial, op)
     indices = return_indices or with_indices
     dense = getattr(F, f"max_pool{spatial}d")
@@ -120,7 +116,7 @@ def max_pool(
     def pool(canvas: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         return dense(canvas, kernels, strides, 0, dilations, return_indices=indices)
 
-    outputs = run_windows(input, windows, pool, _channels(input, spatial), op, fill)
+    outputs = run_windows(input, windows, pool, channels, op, fill)
     if not indices:
         return outputs[0]
     if not len(input):
@@ -171,14 +167,14 @@ def avg_pool(
         ])
     """
     op = f"avg_pool{spatial}d"
-    _check_nested(input, op)
+    channels = input_channels(input, spatial, op)
     windows = pool_windows(kernel_size, stride, padding, 1, ceil_mode, spatial, op)
     if divisor_override is not None and divisor_override == 0:
         raise ValueError(f"{op} divisor_override must be non-zero, got {divisor_override}")
     dense = getattr(F, f"avg_pool{spatial}d")
     kernels = tuple(w.kernel for w in windows)
     strides = tuple(w.stride for w in windows)
-    (sums,) = run_windows(input, windows, lambda canvas: dense(canvas, kernels, strides), _channels(input, spatial), op)
+    (sums,) = run_windows(input, windows, lambda canvas: dense(canvas, kernels, strides), channels, op)
     if not len(input):
         return sums
     plan = canvas_plan(input, Images.of(input, spatial, op), windows)
