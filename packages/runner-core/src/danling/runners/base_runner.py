@@ -45,6 +45,7 @@ from .loops import LoopState
 from .reporting import (
     LoopProgress,
     build_tensorboard_writer,
+    build_wandb_run,
     format_epoch_line,
     format_result,
     format_step_line,
@@ -52,7 +53,7 @@ from .reporting import (
     log_to_files,
     write_scalars,
 )
-from .restore import MODEL_KEYS, apply_exclusions, load_component, read_checkpoint
+from .restore import MODEL_KEYS, apply_exclusions, load_component, plain_data, read_checkpoint
 from .state import RunnerState, seed_everything
 from .utils import RunnerMode, get_local_rank, get_rank, get_world_size
 from .workspace import RunnerWorkspace
@@ -256,29 +257,17 @@ class BaseRunner(metaclass=MetaRunner):
             self.writer = build_tensorboard_writer(os.path.join(self.workspace.dir, "tensorboard", self.timestamp))
 
     def init_wandb(self, **kwargs: Any) -> None:
-        """Start a Weights & Biases run from ``config.wandb`` (main process only)."""
-        if not self.is_main_process:
-            return
-        try:
-            import wandb
-        except ImportError as error:
-            raise RuntimeError("wandb is enabled, but the `wandb` package is not installed") from error
-        settings = self.config.wandb
-        defaults = {
-            "project": settings.project or self.workspace.lineage,
-            "entity": settings.entity,
-            "group": settings.group or self.workspace.experiment,
-            "name": settings.name or self.id,
-            "job_type": settings.job_type,
-            "tags": [settings.tags] if isinstance(settings.tags, str) else settings.tags,
-            "dir": settings.dir or self.workspace.dir,
-            "mode": settings.mode,
-            "config": self.config.dict(),
-        }
-        for key, value in defaults.items():
-            if value is not None:
-                kwargs.setdefault(key, value)
-        self.wandb = wandb.init(**kwargs)
+        """Start a Weights & Biases run from ``config.wandb`` (main process only); ``kwargs`` go to ``wandb.init``."""
+        if self.is_main_process:
+            workspace = self.workspace
+            self.wandb = build_wandb_run(
+                self.config,
+                lineage=workspace.lineage,
+                experiment=workspace.experiment,
+                run_id=self.id,
+                directory=workspace.dir,
+                **kwargs,
+            )
 
     # budget and settings
 
@@ -539,7 +528,7 @@ class BaseRunner(metaclass=MetaRunner):
         """The checkpoint payload: config, progress, RNG, loader positions, loop position and results."""
         self.rng_state.capture()
         return {
-            "runner": self.config.dict(),
+            "runner": plain_data(self.config),
             "state": self.state.state_dict(),
             "dataloaders": self.dataloader_state_dict(),
             "loop": self.loop_state.state_dict(),

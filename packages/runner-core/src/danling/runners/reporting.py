@@ -28,6 +28,7 @@ from .results import flatten_result
 __all__ = [
     "LoopProgress",
     "build_tensorboard_writer",
+    "build_wandb_run",
     "format_epoch_line",
     "format_result",
     "format_step_line",
@@ -198,6 +199,38 @@ def build_tensorboard_writer(log_dir: str) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=log_dir)
+
+
+def build_wandb_run(
+    config: Mapping[str, Any], *, lineage: str, experiment: str, run_id: str, directory: str, **kwargs: Any
+) -> Any:
+    r"""
+    ``wandb.init(...)`` from ``config.wandb``: project, group, name and directory default to the run's
+    lineage, experiment, id and directory; the whole config is logged.  ``kwargs`` take precedence.
+
+    Raises:
+        RuntimeError: the ``wandb`` package is not installed.
+    """
+    try:
+        import wandb
+    except ImportError as error:
+        raise RuntimeError("wandb is enabled, but the `wandb` package is not installed") from error
+    settings = config["wandb"]
+    defaults = {
+        "project": settings.get("project") or lineage,
+        "entity": settings.get("entity"),
+        "group": settings.get("group") or experiment,
+        "name": settings.get("name") or run_id,
+        "job_type": settings.get("job_type"),
+        "tags": [settings["tags"]] if isinstance(settings.get("tags"), str) else settings.get("tags"),
+        "dir": settings.get("dir") or directory,
+        "mode": settings.get("mode"),
+        "config": config.dict() if hasattr(config, "dict") else dict(config),
+    }
+    for key, value in defaults.items():
+        if value is not None:
+            kwargs.setdefault(key, value)
+    return wandb.init(**kwargs)
 
 
 def write_scalars(writer: Any, wandb_run: Any, result: Mapping[str, Any], split: str, step: int) -> None:

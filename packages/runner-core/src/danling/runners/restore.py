@@ -1,4 +1,4 @@
-"""How a checkpoint is read and applied: sources, excluded entries, and component rules.
+"""How a checkpoint is read and applied: sources, excluded entries, component rules, plain data.
 
 ``read_checkpoint`` accepts a mapping, a ``.pth`` file (or a run or checkpoint directory, or a
 name such as ``"best"`` in the run's checkpoint folder) or a ``model.safetensors`` export.
@@ -13,6 +13,8 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from chanfig import to_dict
 
 from .checkpoints import load_checkpoint, load_model_state
 
@@ -112,3 +114,27 @@ def load_component(target: Any, component: str, label: str, state: Any) -> None:
             "Use `load_pretrained` for model-only checkpoints instead of `load_checkpoint`"
         )
     target.load_state_dict(state)
+
+
+def plain_data(value: Any) -> Any:
+    r"""
+    ``value`` as plain dicts, lists and tuples (how a config is stored in a checkpoint).
+
+    The result equals ``config.dict()``; walking dicts directly is several times faster, which
+    matters because every checkpoint, asynchronous ones included, converts the config.
+
+    Examples:
+        >>> from danling.runners import RunnerConfig
+        >>> config = RunnerConfig(epochs=2, optim={"betas": (0.9, 0.99)})
+        >>> plain_data(config) == config.dict(), type(plain_data(config)["optim"])
+        (True, <class 'dict'>)
+    """
+    if isinstance(value, dict):
+        return {key: plain_data(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain_data(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(plain_data(item) for item in value)
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return to_dict(value)  # chanfig variables, sets, dataclasses ...
