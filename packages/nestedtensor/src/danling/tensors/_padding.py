@@ -55,7 +55,9 @@ def to_padded(layout: NestedLayout, values: Tensor, padding_value: float) -> Ten
         return values.new_full((0, *layout.max_sizes), padding_value)
     if _JAGGED_KERNELS and layout.ragged_rank == 1 and layout.is_identity and not values.is_complex():
         offsets = layout.offsets_on(values.device)
-        return _PadSequences.apply(values, offsets, layout.max_sizes[0], padding_value)
+        if values.requires_grad and torch.is_grad_enabled():
+            return _PadSequences.apply(values, offsets, layout.max_sizes[0], padding_value)
+        return torch.ops.aten._jagged_to_padded_dense_forward(values, [offsets], [layout.max_sizes[0]], padding_value)
     out = values.new_full((batch * prod(ragged_max), *static), padding_value)
     if values.shape[0]:
         out.index_copy_(0, layout.padded_row_index(values.device), values)
