@@ -180,6 +180,17 @@ def test_nll_loss_module_reduces_like_the_concatenation():
     torch.testing.assert_close(result, class_reference(F.nll_loss, inputs, targets, weight=weight))
 
 
+def test_cross_entropy_sequence_first_with_a_padded_target():
+    logits, targets = classification_batch([4, 2, 3], seed=7)
+    nested = NestedTensor(logits, batch_first=False)
+    dense_target = padded(targets, fill=-5).T  # (L, B)
+    with forbid_slow_paths():
+        result = F.cross_entropy(nested, dense_target, reduction="none")
+    assert not result.batch_first
+    for got, scores, target in zip(result._layout.unpack(result._values), logits, targets):
+        torch.testing.assert_close(got, F.cross_entropy(scores, target, reduction="none"))
+
+
 def test_cross_entropy_with_class_probabilities():
     logits = [torch.randn(3, CLASSES), torch.randn(2, CLASSES)]
     probabilities = [torch.rand(3, CLASSES).softmax(-1), torch.rand(2, CLASSES).softmax(-1)]

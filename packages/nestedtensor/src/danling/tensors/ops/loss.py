@@ -235,8 +235,11 @@ def _class_loss(func: Callable) -> Callable:
         if is_nested(arguments.get("weight")):
             raise TypeError(f"{func.__name__}: class weights must be a dense tensor of shape (C,)")
         scores, target_layout, values_dim = _class_scores(input, func.__name__)
+        target = arguments["target"]
+        if is_nested(target) and target._layout.same_as(target_layout):
+            target_layout = target._layout  # its index tensors may already be cached
         arguments["input"] = scores
-        arguments["target"] = _class_targets(arguments["target"], input, target_layout, values_dim, func.__name__)
+        arguments["target"] = _class_targets(target, input, target_layout, values_dim, func.__name__)
         return _finish(func(**arguments), input, target_layout, arguments["reduction"])
 
     handler.__name__ = handler.__qualname__ = func.__name__

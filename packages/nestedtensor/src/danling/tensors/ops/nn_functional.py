@@ -260,8 +260,8 @@ def embedding_bag(
     if not is_nested(input) or offsets is not None or is_nested(weight) or input._layout.rank != 1:
         arguments = (input, weight, offsets, *options, per_sample_weights, include_last_offset, padding_idx)
         return defer(F.embedding_bag, arguments, {})
-    layout = input._layout
-    starts = layout.to_device(layout.offsets[:-1], input.device)
+    lengths = input._layout.sizes_on(input.device)[:, 0]  # cached on the device: no copy per call
+    starts = lengths.cumsum(0) - lengths
     if is_nested(per_sample_weights):
         per_sample_weights = per_sample_weights._values
     elif per_sample_weights is not None and per_sample_weights.shape == input.shape:
