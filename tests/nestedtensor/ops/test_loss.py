@@ -260,3 +260,28 @@ GRADCHECKS = {
 def test_gradcheck(name):
     op, shapes, extra = GRADCHECKS[name]
     nested_gradcheck(op, shapes, *(t.double().requires_grad_() for t in extra))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_without_host_syncs():
+    logits, targets = classification_batch([4, 2, 3], seed=9)
+    cpu = NestedTensor(logits), NestedTensor(targets)
+    cuda = cpu[0].cuda(), cpu[1].cuda()
+    ops = [
+        lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1),
+        lambda x, t: F.cross_entropy(x, t.tensor, reduction="none"),
+        lambda x, t: F.mse_loss(x, x.tensor * 0.5),
+        lambda x, t: F.binary_cross_entropy_with_logits(x, torch.sigmoid(x)),
+    ]
+    for op in ops:
+        op(*cuda)  # first calls copy the layout's index tensors to the device
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        results = [op(*cuda) for op in ops]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for op, result in zip(ops, results):
+        expected = op(*cpu)
+        got = result._values if isinstance(result, NestedTensor) else result
+        want = expected._values if isinstance(expected, NestedTensor) else expected
+        torch.testing.assert_close(got.cpu(), want, **TOLERANCE)

@@ -334,3 +334,31 @@ def test_modules_compose_on_nested_input():
         result = model(NestedTensor(indices))
     for got, tokens in zip(result.unbind(), indices):
         torch.testing.assert_close(got, model(tokens))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_without_host_syncs():
+    elements = [torch.randn(3, 6, 5), torch.randn(3, 6, 2)]
+    indices = [torch.tensor([1, 2, 3]), torch.tensor([4])]
+    ops = [
+        lambda x, i: F.linear(x, torch.ones(4, 5, device=x.device)),
+        lambda x, i: F.glu(F.hardswish(x), -1),
+        lambda x, i: F.embedding(i, torch.eye(6, device=x.device)),
+        lambda x, i: F.prelu(x, torch.full((3,), 0.1, device=x.device)),
+    ]
+    cpu = NestedTensor(elements), NestedTensor(indices)
+    cuda = cpu[0].cuda(), cpu[1].cuda()
+    for op in ops:
+        op(*cuda)  # first calls copy the layout's index tensors to the device
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        results = [op(*cuda) for op in ops]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for op, result in zip(ops, results):
+        expected = op(*cpu)
+        got = result._values if isinstance(result, NestedTensor) else result
+        want = expected._values if isinstance(expected, NestedTensor) else expected
+        torch.testing.assert_close(got.cpu(), want)
+    bags = F.embedding_bag(cuda[1], torch.eye(6, device="cuda"))  # the CUDA kernel itself may synchronise
+    torch.testing.assert_close(bags.cpu(), F.embedding_bag(cpu[1], torch.eye(6)))

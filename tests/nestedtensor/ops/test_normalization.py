@@ -272,3 +272,29 @@ GRADCHECKS = {
 def test_gradcheck(name):
     op, shapes, extra = GRADCHECKS[name]
     nested_gradcheck(op, shapes, *(t.double().requires_grad_() for t in extra))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_without_host_syncs():
+    elements = [torch.randn(4, 5, 3), torch.randn(4, 2, 3)]
+    ops = [
+        lambda x: F.layer_norm(x, (3,)),
+        lambda x: F.rms_norm(x, (3,)),
+        lambda x: F.group_norm(x, 2),
+        lambda x: F.instance_norm(x),
+        lambda x: F.batch_norm(x, None, None, training=True),
+        lambda x: F.normalize(x, dim=2),
+        lambda x: F.normalize(x, float("inf"), dim=2),
+        lambda x: F.local_response_norm(x, 2),
+    ]
+    cpu = NestedTensor(elements)
+    cuda = cpu.cuda()
+    for op in ops:
+        op(cuda)  # first calls copy the layout's index tensors to the device
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        results = [op(cuda) for op in ops]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for op, result in zip(ops, results):
+        torch.testing.assert_close(result._values.cpu(), op(cpu)._values, **TOLERANCE)
