@@ -133,6 +133,13 @@ def test_embedding_max_norm_renormalises_the_rows_looked_up():
     torch.testing.assert_close(result._values, reference[torch.cat(indices)])
 
 
+def test_torch_embedding_takes_the_table_first():
+    weight = torch.randn(7, 3)
+    indices = [torch.tensor([1, 0]), torch.tensor([6, 2, 0])]
+    check_op(lambda x: torch.embedding(weight, x, 0), [indices], lambda x: torch.embedding(weight, x, 0))
+    check_op(lambda x: torch.embedding(weight, x), [indices], lambda x: F.embedding(x, weight))
+
+
 def test_embedding_gradcheck():
     indices = NestedTensor([torch.tensor([1, 0, 2]), torch.tensor([2])])
     weight = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)

@@ -230,6 +230,14 @@ def embedding(
     return packed_like(input, values, grown)
 
 
+@implements(torch.embedding)
+def embedding_aten_order(
+    weight: Tensor, indices: Tensor, padding_idx: int = -1, scale_grad_by_freq: bool = False, sparse: bool = False
+) -> Tensor:
+    """``torch.embedding``: the aten argument order (table first, ``-1`` for no padding) of [`embedding`][danling.tensors.ops.nn_functional.embedding]."""
+    return embedding(indices, weight, padding_idx if padding_idx >= 0 else None, None, 2.0, scale_grad_by_freq, sparse)
+
+
 @implements(F.embedding_bag)
 def embedding_bag(
     input: Tensor,
