@@ -262,9 +262,8 @@ class CanvasPlan:
         self._layouts: dict[int, NestedLayout] = {}
 
     def _check_sizes(self) -> None:
-        smallest = 0 if self.windows and self.windows[0].transposed else 1  # torch allows empty transposed outputs
         for size, out in zip(self.images.sizes, self.output_sizes):
-            if any(o < smallest for o in out):
+            if any(o < 1 for o in out):
                 raise ValueError(
                     f"An image of spatial size {size} is too small for windows {self.windows}: output size {out}"
                 )

@@ -173,6 +173,10 @@ def avg_pool(
         raise ValueError(f"{op} divisor_override must be non-zero, got {divisor_override}")
     dense = getattr(F, f"avg_pool{spatial}d")
     kernels = tuple(w.kernel for w in windows)
+    if spatial == 3 and len(input):  # like torch, 3-d average pooling wants every image at least a kernel large
+        small = [size for size in Images.of(input, spatial, op).sizes if any(s < k for s, k in zip(size, kernels))]
+        if small:
+            raise ValueError(f"{op} got images of spatial size {small[0]}, smaller than the kernel {kernels}")
     strides = tuple(w.stride for w in windows)
     (sums,) = run_windows(input, windows, lambda canvas: dense(canvas, kernels, strides), channels, op)
     if not len(input):
@@ -333,12 +337,12 @@ def pad(input: NestedTensor, pad: Sequence[int], mode: str = "constant", value: 
 
 for _spatial in (1, 2, 3):
     _max = partial(max_pool, spatial=_spatial)
-    implements(getattr(F, f"_max_pool{_spatial}d"), getattr(torch, f"max_pool{_spatial}d"))(_max)
+    implements(getattr(F, f"max_pool{_spatial}d"), getattr(torch, f"max_pool{_spatial}d"))(_max)
     implements(getattr(F, f"max_pool{_spatial}d_with_indices"))(partial(_max, with_indices=True))
     implements(getattr(F, f"avg_pool{_spatial}d"))(partial(avg_pool, spatial=_spatial))
     implements(getattr(F, f"adaptive_avg_pool{_spatial}d"))(partial(adaptive_avg_pool, spatial=_spatial))
     _adaptive_max = partial(adaptive_max_pool, spatial=_spatial)
-    implements(getattr(F, f"_adaptive_max_pool{_spatial}d"))(partial(_adaptive_max, with_indices=False))
+    implements(getattr(F, f"adaptive_max_pool{_spatial}d"))(partial(_adaptive_max, with_indices=False))
     implements(getattr(F, f"adaptive_max_pool{_spatial}d_with_indices"))(partial(_adaptive_max, with_indices=True))
 implements(torch.adaptive_max_pool1d)(partial(adaptive_max_pool, spatial=1, with_indices=True))
 implements(F.interpolate)(interpolate)
