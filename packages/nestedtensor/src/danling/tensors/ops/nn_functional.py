@@ -105,31 +105,6 @@ def channel_values(nt: NestedTensor) -> Tensor | None:
     return nt._values
 
 
-def same_layout_result(nt: NestedTensor, compute: Callable[[Tensor], Tensor]) -> NestedTensor:
-    r"""
-    ``packed_like(nt, compute(nt._values))`` for an op that keeps shape and dtype, with the wrapper built first.
-
-    A large op flushes the interpreter's working set from the CPU caches, so Python run after it is
-    slow: wrapping a ``(16k, 256)`` ``layer_norm`` result afterwards costs ~20 us (1.5% of the op),
-    building the wrapper before it costs nothing measurable. When ``compute`` changes the shape or
-    dtype (autocast), the result is wrapped afterwards as usual.
-
-    Examples:
-        >>> nt = NestedTensor([torch.ones(2, 3), torch.ones(1, 3)])
-        >>> same_layout_result(nt, lambda values: values * 2).tolist()
-        [[[2.0, 2.0, 2.0], [2.0, 2.0, 2.0]], [[2.0, 2.0, 2.0]]]
-    """
-    source = nt._values
-    if torch.compiler.is_compiling():
-        return packed_like(nt, compute(source))
-    shell = packed_like(nt, source)
-    values = compute(source)
-    if values.dtype != source.dtype or values.shape != source.shape or values.device != source.device:
-        return packed_like(nt, values)
-    shell._values = values
-    return shell
-
-
 def trailing_static(nt: NestedTensor, count: int) -> bool:
     """Whether the last ``count`` element dims are static, i.e. the last ``count`` dims of the values."""
     layout = nt._layout
@@ -463,7 +438,6 @@ __all__ = [
     "gumbel_softmax",
     "linear",
     "prelu",
-    "same_layout_result",
     "trailing_static",
     "uniform_dense",
 ]

@@ -37,16 +37,11 @@ from .nn_functional import (
     defer,
     each_element,
     from_uniform,
-    same_layout_result,
     trailing_static,
     uniform_dense,
 )
 
 # ---------------------------------------------------------------------------- layer_norm, rms_norm
-
-
-def _shape_argument(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
-    return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
 
 
 @implements(F.layer_norm, torch.layer_norm, compile_safe=True)
@@ -67,11 +62,12 @@ def layer_norm(
         >>> torch.allclose(out[0], F.layer_norm(nt[0], (4,)), atol=1e-6)
         True
     """
-    if not is_nested(input) or is_nested(weight) or is_nested(bias):
-        return defer(F.layer_norm, (input, normalized_shape, weight, bias, eps), {})
-    shape = _shape_argument(normalized_shape)
+    # Hot path: this Python runs with caches flushed by the previous large op, so it is kept to a few checks.
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if not isinstance(input, NestedTensor) or isinstance(weight, NestedTensor) or isinstance(bias, NestedTensor):
+        return defer(F.layer_norm, (input, shape, weight, bias, eps), {})
     if trailing_static(input, len(shape)):
-        return same_layout_result(input, lambda values: torch.layer_norm(values, shape, weight, bias, eps))
+        return input._rewrap(torch.layer_norm(input._values, shape, weight, bias, eps))
     dense = uniform_dense(input)
     if dense is not None:
         return from_uniform(input, F.layer_norm(dense, shape, weight, bias, eps))
@@ -91,11 +87,11 @@ def rms_norm(
         >>> torch.allclose(out[1], F.rms_norm(nt[1], (4,)))
         True
     """
-    if not is_nested(input) or is_nested(weight):
-        return defer(F.rms_norm, (input, normalized_shape, weight, eps), {})
-    shape = _shape_argument(normalized_shape)
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if not isinstance(input, NestedTensor) or isinstance(weight, NestedTensor):
+        return defer(F.rms_norm, (input, shape, weight, eps), {})
     if trailing_static(input, len(shape)):
-        return same_layout_result(input, lambda values: torch.rms_norm(values, shape, weight, eps))
+        return input._rewrap(torch.rms_norm(input._values, shape, weight, eps))
     dense = uniform_dense(input)
     if dense is not None:
         return from_uniform(input, F.rms_norm(dense, shape, weight, eps))
