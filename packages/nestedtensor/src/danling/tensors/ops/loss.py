@@ -121,9 +121,7 @@ def _lined_up(operand: Any, layout: NestedLayout, like: NestedTensor, name: str,
 
 def _finish(result: Tensor, reference: NestedTensor, layout: NestedLayout, reduction: str) -> Tensor:
     """Wrap an unreduced result in ``layout``; rank-0 elements give a dense ``(B,)`` tensor."""
-    if reduction != "none":
-        return result
-    if not layout.permutation:
+    if reduction != "none" or not layout.permutation:
         return result
     return packed_like(reference, result, layout)
 
