@@ -63,9 +63,9 @@ def element_operands(operand: Tensor, batch: int, name: str) -> Sequence[Tensor]
 
 
 def element_masks(
-    mask: Tensor | None, batch: int, lengths: Sequence[tuple[int, int]], batched: Callable[[Tensor], bool], name: str
+    mask: Tensor | None, batch: int, lengths: Sequence[tuple[int, ...]], batched: Callable[[Tensor], bool], name: str
 ) -> list[Tensor | None]:
-    """Per-element masks: NestedTensor elements, or a dense mask (rows when ``batched``) cropped to ``(L, S)``."""
+    """Per-element masks: NestedTensor elements, or a dense mask (rows when ``batched``) cropped to ``lengths``."""
     if mask is None:
         return [None] * batch
     if is_nested(mask):
@@ -75,7 +75,7 @@ def element_masks(
     rows = mask.unbind(0) if batched(mask) else [mask] * batch
     if len(rows) != batch:
         raise ValueError(f"{name} of shape {tuple(mask.shape)} does not have a row per element of {batch}")
-    return [row[..., :target, :source] for row, (target, source) in zip(rows, lengths)]
+    return [row[(..., *(slice(0, size) for size in sizes))] for row, sizes in zip(rows, lengths)]
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -454,7 +454,7 @@ def _merged_masks(
     if attn_mask is not None and not is_nested(attn_mask) and attn_mask.dim() == 3:
         attn_mask = attn_mask.unflatten(0, (batch, heads))
     masks = element_masks(attn_mask, batch, lengths, lambda m: m.dim() == 4, "attn_mask")
-    padding = element_masks(key_padding_mask, batch, [(1, s) for _, s in lengths], lambda m: True, "key_padding_mask")
+    padding = element_masks(key_padding_mask, batch, [(s,) for _, s in lengths], lambda m: True, "key_padding_mask")
     merged = []
     for mask, row in zip(masks, padding):
         mask = _float_mask(mask, dtype, "attn_mask")
