@@ -33,7 +33,7 @@ def _leaves(elements: Sequence[Tensor], grad: bool) -> list[Tensor]:
 
 def _outputs(result: Any) -> list[Tensor]:
     if isinstance(result, NestedTensor):
-        return list(result.unbind())
+        return list(result)  # the elements, whichever dim holds the batch (batch_first or not)
     if isinstance(result, Tensor):
         return list(result.unbind(0))
     raise TypeError(f"expected a NestedTensor or a Tensor from the op, got {type(result).__name__}")
