@@ -35,15 +35,9 @@ from .._layout import NestedLayout
 from .._padding import uniform_values
 from ..nested_tensor import NestedTensor
 from ._packed import align_dense, element_dim, from_elements, is_nested, packed_like, same_layout
-from ._registry import check_slow_path, implements
+from ._registry import check_slow_path, continue_to_aten, implements
 
 # ---------------------------------------------------------------------------- helpers shared with the nn families
-
-
-def defer(func: Callable, args: tuple, kwargs: dict) -> Any:
-    """Run ``func`` as if it had no torch-level handler: it decomposes into aten ops that reach their handlers."""
-    with torch._C.DisableTorchFunctionSubclass():
-        return func(*args, **kwargs)
 
 
 def uniform_dense(nt: NestedTensor) -> Tensor | None:
@@ -129,7 +123,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         True
     """
     if not is_nested(input) or is_nested(weight) or is_nested(bias):
-        return defer(F.linear, (input, weight, bias), {})
+        return continue_to_aten(F.linear, (input, weight, bias), {})
     if trailing_static(input, 1):
         return packed_like(input, F.linear(input._values, weight, bias))
     dense = uniform_dense(input)
@@ -151,7 +145,7 @@ def bilinear(input1: Tensor, input2: Tensor, weight: Tensor, bias: Tensor | None
         torch.Size([2, 2, 4])
     """
     if not (is_nested(input1) and is_nested(input2)) or is_nested(weight) or is_nested(bias):
-        return defer(F.bilinear, (input1, input2, weight, bias), {})
+        return continue_to_aten(F.bilinear, (input1, input2, weight, bias), {})
     if trailing_static(input1, 1) and trailing_static(input2, 1) and _rows_match(input1, input2):
         return packed_like(input1, F.bilinear(input1._values, input2._values, weight, bias))
     return each_element(lambda x, y: F.bilinear(x, y, weight, bias), input1, input2, detail="bilinear")
@@ -194,7 +188,7 @@ def embedding(
     """
     options = (padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
     if not is_nested(input) or is_nested(weight):
-        return defer(F.embedding, (input, weight, *options), {})
+        return continue_to_aten(F.embedding, (input, weight, *options), {})
     values = F.embedding(input._values, weight, *options)
     layout = input._layout
     if not layout.permutation:
@@ -242,7 +236,7 @@ def embedding_bag(
     options = (max_norm, norm_type, scale_grad_by_freq, mode, sparse)
     if not is_nested(input) or offsets is not None or is_nested(weight) or input._layout.rank != 1:
         arguments = (input, weight, offsets, *options, per_sample_weights, include_last_offset, padding_idx)
-        return defer(F.embedding_bag, arguments, {})
+        return continue_to_aten(F.embedding_bag, arguments, {})
     lengths = input._layout.sizes_on(input.device)[:, 0]  # cached on the device: no copy per call
     starts = lengths.cumsum(0) - lengths
     if is_nested(per_sample_weights):
@@ -277,7 +271,7 @@ _ON_VALUES = (
 def _on_values(func: Callable) -> Callable:
     def handler(input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         if not is_nested(input) or any(is_nested(a) for a in (*args, *kwargs.values())):
-            return defer(func, (input, *args), kwargs)
+            return continue_to_aten(func, (input, *args), kwargs)
         result = func(input._values, *args, **kwargs)
         return input if result is input._values else packed_like(input, result)
 
@@ -306,7 +300,7 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
         ])
     """
     if not is_nested(input) or is_nested(weight):
-        return defer(F.prelu, (input, weight), {})
+        return continue_to_aten(F.prelu, (input, weight), {})
     if weight.numel() == 1 or channel_values(input) is not None:
         return packed_like(input, F.prelu(input._values, weight))
     dense = uniform_dense(input)
@@ -326,7 +320,7 @@ def glu(input: Tensor, dim: int = -1) -> Tensor:
         torch.Size([2, 3, 2])
     """
     if not is_nested(input):
-        return defer(F.glu, (input, dim), {})
+        return continue_to_aten(F.glu, (input, dim), {})
     target = element_dim(input, dim)
     values_dim = input._layout.values_dim(target)
     if values_dim is not None:
@@ -353,7 +347,7 @@ def gumbel_softmax(logits: Tensor, tau: float = 1, hard: bool = False, eps: floa
         values_dim = logits._layout.values_dim(element_dim(logits, dim))
         if values_dim is not None:
             return packed_like(logits, F.gumbel_softmax(logits._values, tau, hard, eps, values_dim))
-    return defer(F.gumbel_softmax, (logits, tau, hard, eps, dim), {})
+    return continue_to_aten(F.gumbel_softmax, (logits, tau, hard, eps, dim), {})
 
 
 # ---------------------------------------------------------------------------- channel-wise dropout
@@ -407,7 +401,7 @@ def _dropout_affine(keep: Tensor, p: float, alpha: bool) -> tuple[Tensor, Tensor
 def _register_channel_dropout(func: Callable, ranks: tuple[int, ...], alpha: bool) -> None:
     def handler(input: Tensor, p: float = 0.5, training: bool = False, inplace: bool = False) -> Tensor:
         if not is_nested(input):
-            return defer(func, (input, p, training, inplace), {})
+            return continue_to_aten(func, (input, p, training, inplace), {})
         if input._layout.rank not in ranks:
             raise ValueError(
                 f"{func.__name__} expects NestedTensor elements of rank {' or '.join(map(str, ranks))} "
@@ -429,7 +423,6 @@ _register_channel_dropout(F.feature_alpha_dropout, tuple(range(2, 9)), alpha=Tru
 __all__ = [
     "bilinear",
     "channel_values",
-    "defer",
     "each_element",
     "embedding",
     "embedding_bag",

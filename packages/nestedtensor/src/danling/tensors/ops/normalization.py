@@ -31,10 +31,9 @@ from torch import Tensor
 from .._layout import NestedLayout
 from ..nested_tensor import NestedTensor
 from ._packed import element_dim, is_nested, packed_like
-from ._registry import implements
+from ._registry import continue_to_aten, implements
 from .nn_functional import (
     channel_values,
-    defer,
     each_element,
     from_uniform,
     trailing_static,
@@ -65,7 +64,7 @@ def layer_norm(
     # Hot path: this Python runs with caches flushed by the previous large op, so it is kept to a few checks.
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if not isinstance(input, NestedTensor) or isinstance(weight, NestedTensor) or isinstance(bias, NestedTensor):
-        return defer(F.layer_norm, (input, shape, weight, bias, eps), {})
+        return continue_to_aten(F.layer_norm, (input, shape, weight, bias, eps), {})
     if trailing_static(input, len(shape)):
         return input._rewrap(torch.layer_norm(input._values, shape, weight, bias, eps))
     dense = uniform_dense(input)
@@ -89,7 +88,7 @@ def rms_norm(
     """
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if not isinstance(input, NestedTensor) or isinstance(weight, NestedTensor):
-        return defer(F.rms_norm, (input, shape, weight, eps), {})
+        return continue_to_aten(F.rms_norm, (input, shape, weight, eps), {})
     if trailing_static(input, len(shape)):
         return input._rewrap(torch.rms_norm(input._values, shape, weight, eps))
     dense = uniform_dense(input)
@@ -172,7 +171,7 @@ def group_norm(
         True
     """
     if not is_nested(input) or is_nested(weight) or is_nested(bias):
-        return defer(F.group_norm, (input, num_groups, weight, bias, eps), {})
+        return continue_to_aten(F.group_norm, (input, num_groups, weight, bias, eps), {})
     channels = _channels(input, "group_norm")
     if num_groups <= 0 or channels % num_groups:
         raise ValueError(
@@ -217,7 +216,7 @@ def instance_norm(
     """
     options = (running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
     if not is_nested(input) or any(is_nested(t) for t in options[:4]):
-        return defer(F.instance_norm, (input, *options), {})
+        return continue_to_aten(F.instance_norm, (input, *options), {})
     channels = _channels(input, "instance_norm")
     if use_input_stats:
         _check_group_sizes(input._layout, channels, "instance_norm")
@@ -267,7 +266,7 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
         True
     """
     if not is_nested(input):
-        return defer(F.local_response_norm, (input, size, alpha, beta, k), {})
+        return continue_to_aten(F.local_response_norm, (input, size, alpha, beta, k), {})
     values = channel_values(input)
     if values is not None:
         positions = values if values.dim() > 2 else values.unsqueeze(-1)
@@ -309,7 +308,7 @@ def batch_norm(
     """
     options = (running_mean, running_var, weight, bias, training, momentum, eps)
     if not is_nested(input) or any(is_nested(t) for t in options[:4]):
-        return defer(F.batch_norm, (input, *options), {})
+        return continue_to_aten(F.batch_norm, (input, *options), {})
     values = channel_values(input)
     if values is not None:
         return packed_like(input, F.batch_norm(values, *options))
@@ -371,7 +370,7 @@ def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12, o
         [[0.6000000238418579, 0.800000011920929], [1.0]]
     """
     if not is_nested(input) or out is not None:
-        return defer(F.normalize, (input, p, dim, eps), {"out": out})
+        return continue_to_aten(F.normalize, (input, p, dim, eps), {"out": out})
     target = element_dim(input, dim)
     values_dim = input._layout.values_dim(target)
     if values_dim is not None:
