@@ -158,7 +158,7 @@ def test_pad_of_ragged_dims_runs_per_element(mode):
 
 def test_bad_inputs_are_named():
     images = NestedTensor([torch.randn(2, 5, 5), torch.randn(2, 4, 4)])
-    with pytest.raises(ValueError, match="at most half of the window"):
+    with pytest.raises(ValueError, match="at most half of the kernel size"):
         F.max_pool2d(images, 2, padding=2)
     with pytest.raises(ValueError, match="too small"):
         F.avg_pool2d(images, 5)

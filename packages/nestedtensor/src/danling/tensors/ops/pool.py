@@ -47,7 +47,7 @@ def pool_windows(
     op: str,
 ) -> tuple[Window, ...]:
     r"""
-    Windows of a pooling op; a missing stride means the kernel size, and padding may be at most half a window.
+    Windows of a pooling op; a missing stride means the kernel size, and padding may be at most half a kernel.
 
     Examples:
         >>> [w.stride for w in pool_windows(3, None, 1, 1, False, 2, "max_pool2d")]
@@ -55,16 +55,15 @@ def pool_windows(
         >>> pool_windows(2, None, 2, 1, False, 1, "max_pool1d")
         Traceback (most recent call last):
         ...
-        ValueError: max_pool1d padding must be at most half of the window, got padding (2,) for kernel (2,), dilation (1,)
+        ValueError: max_pool1d padding must be at most half of the kernel size, got padding (2,) for kernel (2,)
     """
     kernels = expand_argument(kernel_size, spatial, "kernel_size", op)
     strides = kernels if stride is None or stride == [] else expand_argument(stride, spatial, "stride", op)
     pads = expand_argument(padding, spatial, "padding", op)
     dilations = expand_argument(dilation, spatial, "dilation", op)
-    if any(2 * p > d * (k - 1) + 1 for k, p, d in zip(kernels, pads, dilations)):
+    if any(p > k // 2 for k, p in zip(kernels, pads)):
         raise ValueError(
-            f"{op} padding must be at most half of the window, got padding {pads} for kernel {kernels}, "
-            f"dilation {dilations}"
+            f"{op} padding must be at most half of the kernel size, got padding {pads} for kernel {kernels}"
         )
     return tuple(Window(k, s, d, p, p, ceil_mode) for k, s, p, d in zip(kernels, strides, pads, dilations))
 
