@@ -7,7 +7,14 @@ import torch
 from torch.utils.data import DistributedSampler, SequentialSampler
 from torchdata.stateful_dataloader.sampler import RandomSampler
 
-from danling.runners.dataloaders import build_dataloader, build_sampler, loader_kwargs, loader_length, set_sampler_epoch
+from danling.runners.dataloaders import (
+    RandomBatchSampler,
+    build_dataloader,
+    build_sampler,
+    loader_kwargs,
+    loader_length,
+    set_sampler_epoch,
+)
 
 
 def test_loader_kwargs_merge_defaults_global_and_split_overrides():
@@ -77,3 +84,39 @@ def test_unbatched_loader_yields_items_unchanged():
     )
     assert [tuple(item[0].shape) for item in loader] == [(2,), (3,)]
     assert loader_length(loader) == 2 and loader_length(iter(items)) is None
+
+
+def shuffled_loader(seed: int = 0, **kwargs):
+    torch.manual_seed(seed)
+    return build_dataloader(list(range(10)), {"batch_size": 4, "shuffle": True, "drop_last": False, **kwargs})
+
+
+def test_shuffled_single_process_loaders_use_the_batch_sampler():
+    loader = shuffled_loader()
+    assert isinstance(loader.batch_sampler, RandomBatchSampler) and len(loader) == 3
+    workers = shuffled_loader(num_workers=1)
+    assert isinstance(workers.sampler, RandomSampler)  # prefetching workers: torchdata's per-index sampler
+
+
+@pytest.mark.parametrize("consumed", [0, 1, 3])
+def test_batch_sampler_resumes_at_any_point_of_a_pass(consumed):
+    original = shuffled_loader()
+    iterator = iter(original)
+    seen = [next(iterator).tolist() for _ in range(consumed)]
+    state = original.state_dict()
+    rest = [batch.tolist() for batch in iterator] + [batch.tolist() for batch in original]  # this pass, then the next
+    resumed = shuffled_loader(seed=1)  # a different global seed: the state alone decides the order
+    resumed.load_state_dict(state)
+    assert [batch.tolist() for batch in resumed] + [batch.tolist() for batch in resumed] == rest
+    first_pass = seen + rest[: 3 - consumed]
+    assert sorted(index for batch in first_pass for index in batch) == list(range(10))
+
+
+def test_batch_sampler_resumes_after_a_finished_pass():
+    original = shuffled_loader()
+    first = [batch.tolist() for batch in original]
+    state = original.state_dict()
+    second = [batch.tolist() for batch in original]
+    resumed = shuffled_loader(seed=1)
+    resumed.load_state_dict(state)
+    assert [batch.tolist() for batch in resumed] == second and second != first

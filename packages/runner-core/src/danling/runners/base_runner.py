@@ -432,12 +432,11 @@ class BaseRunner(metaclass=MetaRunner):
 
     def _step_values(self) -> dict[str, Any]:
         # A plain dict: progress lines are frequent, and building chanfig mappings is not free.
-        counted = [name for name, meter in self.meters.items() if meter.count]
         if self.distributed:
             latest = self.meters.batch()
-            values = {name: latest[name] for name in counted}
+            values = {name: latest[name] for name, meter in self.meters.items() if meter.count}
         else:
-            values = {name: self.meters[name].value() for name in counted}
+            values = {name: meter.value() for name, meter in self.meters.items() if meter.count}
         if self.metrics is not None:
             values.update(self.metrics.value())
         return values

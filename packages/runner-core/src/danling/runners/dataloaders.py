@@ -14,7 +14,7 @@ one split.  When the run is distributed, a ``DistributedSampler`` gives each ran
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -24,7 +24,14 @@ from torch.utils.data.distributed import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler
 
-__all__ = ["build_dataloader", "build_sampler", "loader_kwargs", "loader_length", "set_sampler_epoch"]
+__all__ = [
+    "RandomBatchSampler",
+    "build_dataloader",
+    "build_sampler",
+    "loader_kwargs",
+    "loader_length",
+    "set_sampler_epoch",
+]
 
 
 def _draw_seed() -> int:
@@ -85,6 +92,71 @@ def build_sampler(
     return SequentialSampler(dataset)
 
 
+class RandomBatchSampler(Sampler[list[int]]):
+    r"""
+    Shuffled batches of indices, resumable mid-pass, at the cost of slicing one permutation per batch.
+
+    Each pass draws a permutation from ``generator`` (never from the global generator) and hands
+    it out ``batch_size`` indices at a time.  ``state_dict`` records the generator state at the
+    start of the pass and how many batches were handed out; ``load_state_dict`` redraws that
+    permutation and continues after them, so the rest of the pass and every later pass match an
+    uninterrupted run.  torchdata's per-index samplers do the same one Python call per index;
+    this one makes a training step measurably cheaper for small models.  The position counts
+    batches handed to the loader, which equals batches delivered when data loads in-process
+    (``num_workers=0``), the case the runner uses it for.
+
+    Examples:
+        >>> sampler = RandomBatchSampler(10, 4, drop_last=False, generator=torch.Generator().manual_seed(0))
+        >>> batches = iter(sampler); first = next(batches)
+        >>> state = sampler.state_dict()
+        >>> rest = list(batches)
+        >>> resumed = RandomBatchSampler(10, 4, drop_last=False, generator=torch.Generator())
+        >>> resumed.load_state_dict(state)
+        >>> list(resumed) == rest, sorted(first + sum(rest, [])) == list(range(10)), len(sampler)
+        (True, True, 3)
+    """
+
+    def __init__(self, size: int, batch_size: int, *, drop_last: bool, generator: torch.Generator) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        self.size, self.batch_size, self.drop_last, self.generator = size, batch_size, drop_last, generator
+        self._start: torch.Tensor | None = None  # generator state when the current pass began
+        self._order: torch.Tensor | None = None  # permutation of the current pass
+        self._yielded = 0  # batches of it handed out
+        self._resume = False  # the next ``iter()`` continues a loaded pass instead of starting one
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # Decided when ``iter()`` is called, not at the first batch: a loader may create an
+        # iterator it never uses (torchdata does, when resuming a finished pass).
+        if not self._resume:
+            self._start = self.generator.get_state()
+            self._order, self._yielded = torch.randperm(self.size, generator=self.generator), 0
+        self._resume = False
+        return self._batches(self._order, self._yielded)
+
+    def _batches(self, order: torch.Tensor, first: int) -> Iterator[list[int]]:
+        size = self.batch_size
+        for index in range(first, len(self)):
+            self._yielded = index + 1
+            yield order[index * size : (index + 1) * size].tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._start is None:
+            return {"generator": self.generator.get_state(), "yielded": 0}
+        return {"generator": self._start, "yielded": self._yielded}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.generator.set_state(state_dict["generator"])
+        self._start, self._order, self._yielded, self._resume = None, None, 0, False
+        if state_dict["yielded"]:  # a pass was under way (or just done): redraw it and continue after its batches
+            self._start = self.generator.get_state()
+            self._order = torch.randperm(self.size, generator=self.generator)
+            self._yielded, self._resume = int(state_dict["yielded"]), True
+
+
 def build_dataloader(
     dataset: Dataset,
     kwargs: Mapping[str, Any],
@@ -111,12 +183,32 @@ def build_dataloader(
     if kwargs.get("batch_size", 1) is None and collate_fn is default_collate:
         collate_fn = None  # no batching: items pass through as they are (``default_convert``)
     shuffle = bool(kwargs.pop("shuffle", False))
+    batched = kwargs.get("batch_size", 1) is not None
+    if (
+        shuffle
+        and batched
+        and world_size == 1
+        and not kwargs.get("num_workers")
+        and not isinstance(dataset, IterableDataset)
+    ):
+        generator = torch.Generator().manual_seed(_draw_seed())
+        sampler = RandomBatchSampler(
+            len(dataset),
+            kwargs.pop("batch_size", 1),
+            drop_last=bool(kwargs.pop("drop_last", False)),
+            generator=generator,
+        )
+        return _stateful_loader(dataset, collate_fn, batch_sampler=sampler, **kwargs)
     sampler = build_sampler(dataset, shuffle=shuffle, world_size=world_size, rank=rank)
+    return _stateful_loader(dataset, collate_fn, sampler=sampler, **kwargs)
+
+
+def _stateful_loader(dataset: Dataset, collate_fn: Callable | None, **kwargs: Any) -> StatefulDataLoader:
     generator = torch.Generator().manual_seed(_draw_seed())
     with warnings.catch_warnings():
         # torchdata calls a torch API that newer torch deprecates on every construction.
         warnings.filterwarnings("ignore", message=".*set_vital.*is deprecated", category=UserWarning)
-        return StatefulDataLoader(dataset, sampler=sampler, collate_fn=collate_fn, generator=generator, **kwargs)
+        return StatefulDataLoader(dataset, collate_fn=collate_fn, generator=generator, **kwargs)
 
 
 def loader_length(loader: Any) -> int | None:

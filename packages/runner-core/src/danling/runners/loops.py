@@ -117,15 +117,28 @@ def _begin(runner: TorchRunner, mode: RunnerMode, split: str, metrics: Any) -> N
         metrics.reset()
 
 
-def _train_batch(runner: TorchRunner, batch: Any, loss_meter: Any, lr_meter: Any) -> None:
-    """One micro-batch: weigh it, run ``train_step``, record loss and learning rate."""
-    normalizer = loss_normalizer(batch, runner.criterion)
-    runner.set_loss_normalizer(normalizer)
+def _train_batch(runner: TorchRunner, batch: Any, meters: tuple[Any, Any, dict | None], weigh: bool) -> None:
+    """One micro-batch: weigh it (when accumulating or distributed), run ``train_step``, record loss and rate.
+
+    With one micro-batch per step on one process the weight changes nothing (it cancels out), so
+    it is not computed and the loss meter averages per-batch losses.
+    """
+    loss_meter, lr_meter, param_group = meters
+    normalizer = None
+    if weigh:
+        normalizer = loss_normalizer(batch, runner.criterion)
+        runner.set_loss_normalizer(normalizer)
     _, loss = runner.train_step(batch)
     if loss is not None:
-        loss_meter.update(loss.detach(), n=normalizer or 1)
-    if runner.optimizer is not None:
-        lr_meter.update(runner.lr)
+        loss_meter.update(loss, n=normalizer or 1)
+    if param_group is not None:
+        lr_meter.update(param_group["lr"])
+
+
+def _training_meters(runner: TorchRunner) -> tuple[Any, Any, dict | None]:
+    """The loss and learning-rate meters, and the parameter group whose rate is recorded."""
+    group = runner.optimizer.param_groups[0] if runner.optimizer is not None else None
+    return runner.meters["loss"], runner.meters["lr"], group
 
 
 def _after_update(runner: TorchRunner, step_before: int, interval: int) -> None:
@@ -178,11 +191,11 @@ def train_epoch(runner: TorchRunner, split: str = "train") -> RoundDict:
     _begin(runner, RunnerMode.train, split, runner.train_metrics)
     length = loader_length(loader)
     progress = runner.loop_progress(split, total=length, start=loop.batches[split])
-    loss_meter, lr_meter = runner.meters["loss"], runner.meters["lr"]
+    meters, weigh = _training_meters(runner), runner.weighs_micro_batches
     try:
         for batch in loader:
             iteration = loop.batches[split]
-            _train_batch(runner, batch, loss_meter, lr_meter)
+            _train_batch(runner, batch, meters, weigh)
             loop.batches[split] = iteration + 1
             progress.advance()
             if progress.due(iteration):
@@ -268,7 +281,7 @@ def train_split_steps(
     loop.begin(split, target)
     _begin(runner, RunnerMode.train, split, runner.train_metrics)
     progress = runner.loop_progress(split, total=max(target - state.global_step, 0))
-    loss_meter, lr_meter = runner.meters["loss"], runner.meters["lr"]
+    meters, weigh = _training_meters(runner), runner.weighs_micro_batches
     interval = runner.checkpoint_interval
     try:
         while state.global_step < target:
@@ -284,7 +297,7 @@ def train_split_steps(
                 iterators[split] = None
                 runner.flush_gradients()
             else:
-                _train_batch(runner, batch, loss_meter, lr_meter)
+                _train_batch(runner, batch, meters, weigh)
                 loop.batches[split] = loop.batches.get(split, 0) + 1
             if state.global_step != step_before:
                 progress.advance()

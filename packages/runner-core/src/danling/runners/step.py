@@ -281,10 +281,11 @@ class OptimizerContainer:
 
     def step(self) -> bool:
         """Apply the accumulated gradients; ``False`` when the update was skipped (non-finite gradients)."""
-        scale = self.window.gradient_scale(self.world_size) if self.normalize else None
-        self.window.reset()
-        if scale is not None and scale != 1.0:
-            torch._foreach_mul_(self.gradients(), scale)
+        if self.normalize:
+            scale = self.window.gradient_scale(self.world_size)
+            self.window.reset()
+            if scale is not None and scale != 1.0:
+                torch._foreach_mul_(self.gradients(), scale)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         total_norm = self.clip_gradients()

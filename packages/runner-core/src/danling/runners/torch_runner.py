@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from functools import cached_property
 from typing import Any
 
@@ -280,12 +280,20 @@ class TorchRunner(BaseRunner):
 
     def train_context(self) -> AbstractContextManager:
         """``no_sync()`` of a DDP model while a micro-batch does not end an accumulation window."""
-        accumulating = self.accum_steps > 1 and (self.train_state.micro_step + 1) % self.accum_steps != 0
-        ddp = [self.model] if isinstance(self.model, nn.parallel.DistributedDataParallel) else []
-        return no_sync(ddp, enabled=accumulating)
+        if self.accum_steps == 1 or not isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return nullcontext()
+        return no_sync([self.model], enabled=(self.train_state.micro_step + 1) % self.accum_steps != 0)
 
     def to_device(self, data: Any) -> Any:
+        """``data`` on the runner's device (``danling.data.to_device``); mappings become ``FlatDict``."""
+        if self.device.type == "cpu" and not isinstance(data, Mapping):
+            return data  # loaders produce CPU tensors: skip a no-op ``.to`` per tensor on every step
         return to_device(data, self.device)
+
+    @property
+    def weighs_micro_batches(self) -> bool:
+        """Whether micro-batches are weighed by their loss normalizer (accumulation or several ranks)."""
+        return self.optimizer_container is not None and self.optimizer_container.normalize
 
     def _forward(self, model: Any, data: Any) -> tuple[Any, Any, Any]:
         inputs, target = split_batch(data)
