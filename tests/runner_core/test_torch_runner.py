@@ -483,3 +483,26 @@ def test_wandb_receives_the_run_identity_and_scalars(tmp_path, monkeypatch):
     assert init["dir"] == runner.workspace.dir and init["config"]["lineage"] == "lin-a"
     assert calls[1] == ("log", {"train/loss": 1.0, "train/metrics/top/0": 0.8, "train/metrics/top/1": 0.9}, 5)
     assert calls[-1] == ("finish",)
+
+
+def test_a_model_built_in_eval_mode_still_trains_in_train_mode(tmp_path):
+    modes = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 3)
+
+        def forward(self, inputs):
+            modes.append(self.training)
+            return self.linear(inputs)
+
+    class EvalBuilt(ClassifierRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = Probe().eval()
+
+    runner = EvalBuilt(base_config(tmp_path, epochs=1, optim={"type": "sgd", "lr": 0.1}, dataloader={"batch_size": 8}))
+    runner.train()
+    assert modes == [True, True, True, False]  # three training batches, then one validation batch
+    runner.close()

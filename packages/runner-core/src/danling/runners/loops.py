@@ -185,7 +185,7 @@ def train_epoch(runner: TorchRunner, split: str = "train") -> RoundDict:
     """One pass over ``split`` (the rest of it, after a resume); return the epoch's averages."""
     loader = runner.dataloaders[split]
     loop = runner.loop_state
-    if not loop.begin(split):
+    if not loop.begin(split) or split not in loop.batches:
         loop.batches[split] = 0
     set_sampler_epoch(loader, runner.train_state.epoch)
     _begin(runner, RunnerMode.train, split, runner.train_metrics)

@@ -164,10 +164,8 @@ class TorchRunner(BaseRunner):
 
     @mode.setter
     def mode(self, mode: RunnerMode | str) -> None:
-        mode = RunnerMode(mode)
-        if mode == self._mode:
-            return
-        self._mode = mode
+        # Applied even when the mode does not change: a model built in eval mode must still train in train mode.
+        self._mode = mode = RunnerMode(mode)
         for module in (self.model, self.ema):
             if isinstance(module, nn.Module):
                 module.train(mode == RunnerMode.train)
