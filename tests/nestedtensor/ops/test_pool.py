@@ -108,6 +108,14 @@ def test_adaptive_pools_match_every_element(spatial, data):
         assert torch.equal(value, want) and torch.equal(index, want_index)
 
 
+@given(st.integers(1, 3), st.data())
+def test_global_average_pooling_runs_packed(spatial, data):
+    images = data.draw(ragged_images(spatial=spatial, batched=False))
+    pool = ADAPTIVE_AVG[spatial]
+    result = check_op(lambda x: pool(x, 1), [images], dense=True, atol=1e-5, rtol=1e-5)
+    assert result.shape == (len(images), images[0].size(0), *(1,) * spatial)
+
+
 def test_adaptive_pools_stay_nested_when_shapes_differ():
     batched = [torch.randn(2, 3, 5, 4), torch.randn(1, 3, 3, 3)]  # N differs
     check_op(lambda x: F.adaptive_avg_pool2d(x, 2), [batched], packed=False, dense=False, atol=1e-6)

@@ -247,23 +247,38 @@ class CanvasPlan:
         self.canvases = canvases
         self.numel = sum(prod(c.shape) for c in canvases)
         self.output_numel = sum(prod(c.output_shape) for c in canvases)
-        image, coords = pixel_coordinates(layout, images, device)
-        scatter = _positions(image, coords, origins, owner, canvases, output=False, device=device)
-        self.canvas_source = torch.zeros(self.numel, dtype=torch.long, device=device)
-        """Row of ``pixel_rows`` each canvas position copies (fill positions copy row 0, then get the fill)."""
-        self.canvas_source[scatter] = torch.arange(scatter.numel(), device=device)
-        filled = torch.ones(self.numel, dtype=torch.bool, device=device)
+        cpu = torch.device("cpu")  # built from the CPU metadata, copied to the device once
+        scatter = _positions(*pixel_coordinates(layout, images, cpu), origins, owner, canvases, output=False)
+        source = torch.zeros(self.numel, dtype=torch.long)
+        source[scatter] = torch.arange(scatter.numel())
+        filled = torch.ones(self.numel, dtype=torch.bool)
         filled[scatter] = False
-        self.canvas_fill = filled.nonzero().squeeze(1)
-        """Positions of the canvases that hold fill, not pixels."""
-        self.output_image, self.output_coordinates = ragged_grid(self.output_sizes, device)
-        self.gather_index = _positions(
-            self.output_image, self.output_coordinates, output_origins, owner, canvases, output=True, device=device
-        )
-        self.origins = torch.tensor(origins, dtype=torch.long).reshape(len(origins), -1).to(device)
-        self.owner = torch.tensor(owner, dtype=torch.long).to(device)
-        self.image_sizes = torch.tensor(images.sizes, dtype=torch.long).reshape(len(origins), -1).to(device)
-        self.canvas_shapes = torch.tensor([c.shape for c in canvases], dtype=torch.long).to(device)
+        output_image, output_coordinates = ragged_grid(self.output_sizes, cpu)
+        gather = _positions(output_image, output_coordinates, output_origins, owner, canvases, output=True)
+        tables = {
+            "canvas_source": source,
+            "canvas_fill": filled.nonzero().squeeze(1),
+            "gather_index": gather,
+            "output_image": output_image,
+            "output_coordinates": output_coordinates,
+            "origins": torch.tensor(origins, dtype=torch.long).reshape(len(origins), -1),
+            "owner": torch.tensor(owner, dtype=torch.long),
+            "image_sizes": torch.tensor(images.sizes, dtype=torch.long).reshape(len(origins), -1),
+            "canvas_shapes": torch.tensor([c.shape for c in canvases], dtype=torch.long),
+        }
+        moved = {name: layout.to_device(table, device) for name, table in tables.items()}
+        self.canvas_source: Tensor = moved["canvas_source"]
+        """Row of ``pixel_rows`` each canvas position copies (fill positions copy row 0, then get the fill)."""
+        self.canvas_fill: Tensor = moved["canvas_fill"]
+        """Canvas positions that hold fill, not pixels."""
+        self.gather_index: Tensor = moved["gather_index"]
+        """Position in the concatenated canvas outputs of every output pixel, in output order."""
+        self.output_image: Tensor = moved["output_image"]
+        self.output_coordinates: Tensor = moved["output_coordinates"]
+        self.origins: Tensor = moved["origins"]
+        self.owner: Tensor = moved["owner"]
+        self.image_sizes: Tensor = moved["image_sizes"]
+        self.canvas_shapes: Tensor = moved["canvas_shapes"]
         self.memo: dict = {}
         """Values derived from the plan by the ops that use it (avg-pool divisors ...)."""
         self._layouts: dict[int, NestedLayout] = {}
@@ -338,23 +353,16 @@ def _buckets(box_slots: list[list[int]]) -> list[list[int]]:
 
 
 def _positions(
-    image: Tensor,
-    coords: Tensor,
-    origins: list[list[int]],
-    owner: list[int],
-    canvases: list[Canvas],
-    *,
-    output: bool,
-    device: torch.device,
+    image: Tensor, coords: Tensor, origins: list[list[int]], owner: list[int], canvases: list[Canvas], *, output: bool
 ) -> Tensor:
     """Flat canvas-buffer position of every pixel ``(image, coords)``."""
     shapes = [c.output_shape if output else c.shape for c in canvases]
     bases = [c.output_start if output else c.start for c in canvases]
     strides = [[prod(shape[d + 1 :]) for d in range(len(shape))] for shape in shapes]
     count = len(origins)
-    origin = torch.tensor(origins, dtype=torch.long).reshape(count, -1).to(device)
-    stride = torch.tensor([strides[o] for o in owner], dtype=torch.long).reshape(count, -1).to(device)
-    base = torch.tensor([bases[o] for o in owner], dtype=torch.long).to(device)
+    origin = torch.tensor(origins, dtype=torch.long).reshape(count, -1)
+    stride = torch.tensor([strides[o] for o in owner], dtype=torch.long).reshape(count, -1)
+    base = torch.tensor([bases[o] for o in owner], dtype=torch.long)
     return base[image] + ((origin[image] + coords) * stride[image]).sum(1)
 
 

@@ -29,7 +29,16 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..nested_tensor import NestedTensor
-from ._canvas import CanvasPlan, Images, Window, canvas_plan, lift_1d
+from ._canvas import (
+    CanvasPlan,
+    Images,
+    Window,
+    canvas_plan,
+    lift_1d,
+    pixel_coordinates,
+    pixel_rows,
+    with_static_channels,
+)
 from ._packed import from_elements, is_nested, packed_like, split_elements
 from ._registry import check_slow_path, implements
 from .conv import expand_argument, input_channels, run_windows
@@ -239,16 +248,48 @@ def adaptive_avg_pool(input: NestedTensor, output_size: IntOrTuple, *, spatial: 
     r"""
     ``F.adaptive_avg_pool{1,2,3}d`` per element; dense when every result has the same shape.
 
+    Global pooling (``output_size`` 1) of ``(C, *spatial)`` elements runs packed, as one segment mean
+    over each element's pixels; other sizes run per element.
+
     Examples:
         >>> import torch.nn.functional as F
         >>> images = NestedTensor([torch.ones(2, 4, 6), torch.zeros(2, 3, 3)])
-        >>> F.adaptive_avg_pool2d(images, 1).shape
-        torch.Size([2, 2, 1, 1])
+        >>> F.adaptive_avg_pool2d(images, 1)
+        tensor([[[[1.]],
+        <BLANKLINE>
+                 [[1.]]],
+        <BLANKLINE>
+        <BLANKLINE>
+                [[[0.]],
+        <BLANKLINE>
+                 [[0.]]]])
     """
     op = f"adaptive_avg_pool{spatial}d"
-    _check_nested(input, op)
+    input_channels(input, spatial, op)
+    images = Images.of(input, spatial, op) if len(input) else None
+    if (
+        images is not None
+        and not images.batched
+        and set(expand_argument(output_size, spatial, "output_size", op)) == {1}
+    ):
+        return _global_average(with_static_channels(input, images), images)
     dense = getattr(F, op)
     return map_elements(input, lambda e: dense(e, output_size), op, _fixed_size(output_size))
+
+
+def _global_average(input: NestedTensor, images: Images) -> Tensor:
+    """Mean of every element's pixels, ``(B, C, 1, ...)``: one ``index_add`` over the packed pixel rows."""
+    layout, device = input._layout, input._values.device
+    rows = pixel_rows(input, images)
+    owner = layout._cached(("pixel_images", images.batched), device, lambda d: pixel_coordinates(layout, images, d)[0])
+    counts = layout._cached(
+        ("pixel_counts", images.batched),
+        device,
+        lambda d: layout.to_device(torch.tensor([prod(s) for s in images.sizes]), d),
+    )
+    sums = rows.new_zeros(len(images.sizes), rows.size(1)).index_add_(0, owner, rows)
+    means = sums / counts.unsqueeze(1).to(sums.dtype)
+    return means.view(*means.shape, *(1,) * len(images.sizes[0]))
 
 
 def adaptive_max_pool(
