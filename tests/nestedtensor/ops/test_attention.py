@@ -323,6 +323,16 @@ def test_multihead_attention_gradcheck_in_float64():
     assert torch.autograd.gradcheck(attend, (values, weight))
 
 
+def test_multihead_attention_on_transposed_and_dense_operands():
+    layer = nn.MultiheadAttention(HEADS * DIM, HEADS, batch_first=True)
+    tokens = sequences([4, 4])
+    transposed = NestedTensor([t.t() for t in tokens]).transpose(1, 2)  # (L, E) elements packed as (E, L)
+    memory = torch.randn(3, 2, HEADS * DIM)  # dense keys: (S, N, E) as the module hands them over
+    output = layer(transposed, memory.transpose(0, 1), memory.transpose(0, 1))[0]
+    for got, token, keys in zip(output.unbind(), tokens, memory.unbind(1)):
+        torch.testing.assert_close(got, layer(token[None], keys[None], keys[None])[0][0], atol=1e-5, rtol=1e-5)
+
+
 def test_multihead_attention_errors():
     layer = nn.MultiheadAttention(8, 2, batch_first=True)
     tokens = NestedTensor(sequences([3, 2], dim=6))
@@ -333,6 +343,11 @@ def test_multihead_attention_errors():
         F.multi_head_attention_forward(
             tokens, tokens, tokens, 8, 2, layer.in_proj_weight, None, None, None, False, 0.0,
             layer.out_proj.weight, None, is_causal=True,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="needs a value per key"):
+        F.multi_head_attention_forward(
+            tokens, tokens, NestedTensor(sequences([2, 2], dim=8)), 8, 2, layer.in_proj_weight, None, None, None,
+            False, 0.0, layer.out_proj.weight, None,
         )  # fmt: skip
     with pytest.raises(ValueError, match="only bool and floating types of key_padding_mask"):
         F.multi_head_attention_forward(

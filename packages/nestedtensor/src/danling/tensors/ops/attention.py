@@ -281,13 +281,14 @@ def _sequences(operand: Tensor, name: str) -> NestedTensor:
             raise ValueError(f"A dense {name} next to NestedTensors must be (L, N, E), got {tuple(operand.shape)}")
         operand = NestedTensor(operand.unbind(1))
     layout = operand._layout
-    if layout.rank != 2 or layout.values_dim(1) is None:
-        if layout.rank == 2 and len(set(layout.element_shapes)) <= 1:
-            return operand
+    if layout.rank != 2 or len({shape[1] for shape in layout.element_shapes}) > 1:
         raise ValueError(
             f"multi_head_attention_forward expects {name} elements of shape (L, E) with one E, "
             f"got {layout.element_shapes}"
         )
+    if layout.batch_size and layout.values_dim(1) is None:  # E packed with the rows: only after a transpose
+        check_slow_path(f"repacking the {name} of multi_head_attention_forward as (rows, E)")
+        return from_elements(split_elements(operand), like=operand)
     return operand
 
 
@@ -377,6 +378,11 @@ def multi_head_attention_forward(
     key = query if self_attention else _sequences(key, "key")
     value = key if self_attention or value is key else _sequences(value, "value")
     batch = _batch_size(query, key, value)
+    if key._layout.packed_sizes != value._layout.packed_sizes:
+        raise ValueError(
+            f"multi_head_attention_forward needs a value per key, got key lengths {key._layout.packed_sizes} "
+            f"and value lengths {value._layout.packed_sizes}"
+        )
     embed_dim = query._layout.element_shapes[0][1] if batch else embed_dim_to_check
     if embed_dim != embed_dim_to_check:
         raise ValueError(f"multi_head_attention_forward expects embedding dim {embed_dim_to_check}, got {embed_dim}")
@@ -386,34 +392,47 @@ def multi_head_attention_forward(
         raise ValueError("multi_head_attention_forward needs attn_mask when is_causal is set (the mask is a hint)")
     separate = (q_proj_weight, k_proj_weight, v_proj_weight) if use_separate_proj_weight else None
     q, k, v = _project(query, key, value, in_proj_weight, in_proj_bias, separate)
-    head_dim = embed_dim // num_heads
-    heads = _HeadSplit(num_heads, head_dim, bias_k, bias_v, add_zero_attn, static_k, static_v)
+    heads = _HeadSplit(num_heads, embed_dim // num_heads, bias_k, bias_v, add_zero_attn, static_k, static_v)
     lengths = [(target, source) for target, source in zip(query._layout.packed_sizes, key._layout.packed_sizes)]
     masks = _merged_masks(attn_mask, key_padding_mask, lengths, num_heads, heads.extra_keys, q.dtype)
-    use_causal = is_causal and key_padding_mask is None and not need_weights
-    dropout_p = dropout_p if training else 0.0
-    if not need_weights and not dropout_p and heads.plain and (use_causal or not any(m is not None for m in masks)):
-        equal = query._layout.packed_sizes == key._layout.packed_sizes
-        if varlen_supported(q.device.type, q.dtype, is_causal=use_causal, equal_lengths=equal):
-            split = [t.unflatten(-1, (num_heads, head_dim)) for t in (q, k, v)]
-            rows = varlen_rows(*split, query._layout, key._layout, is_causal=use_causal).flatten(-2)
-            return packed_like(query, F.linear(rows, out_proj_weight, out_proj_bias), query._layout), None
-    check_slow_path("multi_head_attention_forward attention (one SDPA call per sequence without a varlen kernel)")
-    outputs, weights = [], []
-    for index, (q_rows, k_rows, v_rows) in enumerate(
-        zip(q.split(query._layout.packed_sizes), k.split(key._layout.packed_sizes), v.split(value._layout.packed_sizes))
-    ):
-        q_heads, k_heads, v_heads = heads.split(index, q_rows, k_rows, v_rows)
-        mask = None if use_causal else masks[index]
-        if need_weights:
-            output, weight = _attention_with_weights(q_heads, k_heads, v_heads, mask, dropout_p)
-            weights.append(weight.mean(0) if average_attn_weights else weight)
-        else:
-            output = _attend_one(q_heads, k_heads, v_heads, mask, dropout_p, use_causal)
-        outputs.append(output.transpose(0, 1).reshape(-1, embed_dim))
-    rows = torch.cat(outputs) if outputs else q
+    attend = _Attend(
+        heads, masks, dropout_p if training else 0.0, is_causal and key_padding_mask is None and not need_weights
+    )
+    rows, weights = attend(q, k, v, query._layout, key._layout, need_weights, average_attn_weights)
     output = packed_like(query, F.linear(rows, out_proj_weight, out_proj_bias), query._layout)
     return output, (type(query)(weights) if need_weights and weights else None)
+
+
+class _Attend:
+    """The attention step of ``multi_head_attention_forward`` on projected rows ``(rows, E)``."""
+
+    def __init__(self, heads: _HeadSplit, masks: list[Tensor | None], dropout_p: float, causal: bool) -> None:
+        self.heads, self.masks, self.dropout_p, self.causal = heads, masks, dropout_p, causal
+
+    def __call__(
+        self, q: Tensor, k: Tensor, v: Tensor, query: NestedLayout, key: NestedLayout, need_weights: bool, average: bool
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Attended rows ``(rows, E)`` and, when asked, each sequence's weights."""
+        heads = self.heads
+        unmasked = self.causal or all(m is None for m in self.masks)
+        if not need_weights and not self.dropout_p and heads.plain and unmasked:
+            equal = query.packed_sizes == key.packed_sizes
+            if varlen_supported(q.device.type, q.dtype, is_causal=self.causal, equal_lengths=equal):
+                split = [t.unflatten(-1, (heads.heads, heads.head_dim)) for t in (q, k, v)]
+                return varlen_rows(*split, query, key, is_causal=self.causal).flatten(-2), []
+        check_slow_path("multi_head_attention_forward attention (one SDPA call per sequence without a varlen kernel)")
+        outputs, weights = [], []
+        pieces = zip(q.split(query.packed_sizes), k.split(key.packed_sizes), v.split(key.packed_sizes))
+        for index, (q_rows, k_rows, v_rows) in enumerate(pieces):
+            q_heads, k_heads, v_heads = heads.split(index, q_rows, k_rows, v_rows)
+            mask = None if self.causal else self.masks[index]
+            if need_weights:
+                output, weight = _attention_with_weights(q_heads, k_heads, v_heads, mask, self.dropout_p)
+                weights.append(weight.mean(0) if average else weight)
+            else:
+                output = _attend_one(q_heads, k_heads, v_heads, mask, self.dropout_p, self.causal)
+            outputs.append(output.transpose(0, 1).flatten(1))
+        return (torch.cat(outputs) if outputs else q), weights
 
 
 class _HeadSplit:
