@@ -26,6 +26,7 @@ def check_or_raises(op, images, **kwargs):
     return check_op(op, [images], atol=1e-4, rtol=1e-4, **kwargs)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 @given(st.integers(1, 3), st.booleans(), st.data())
 def test_convolution_matches_every_element(spatial, batched, data):
     images = data.draw(ragged_images(spatial=spatial, batched=batched))
