@@ -64,26 +64,26 @@ def test_aten_handler_for_a_packet_covers_every_overload(clean_tables, nested):
 def test_rules_are_consulted_after_the_table_and_memoised(clean_tables, nested):
     seen = []
 
-    @aten_rule(lambda op: op is aten.cummax.default)
-    def cummax_rule(func, args, kwargs):
+    @aten_rule(lambda op: op is aten.kthvalue.default)
+    def kthvalue_rule(func, args, kwargs):
         seen.append(func)
         return per_element_fallback(func, args, kwargs)
 
-    assert resolve_aten(aten.cummax.default) is cummax_rule
-    values, _ = torch.cummax(nested, 1)
-    assert seen == [aten.cummax.default] and values.tolist() == [[1.0, 1.0, 3.0], [-4.0, 5.0]]
-    assert resolve_aten(aten.cummax.default) is cummax_rule
-    assert _registry._resolved[aten.cummax.default] is cummax_rule
+    assert resolve_aten(aten.kthvalue.default) is kthvalue_rule
+    values, _ = torch.kthvalue(nested, 1, 1)
+    assert seen == [aten.kthvalue.default] and values.tolist() == [-2.0, -4.0]
+    assert resolve_aten(aten.kthvalue.default) is kthvalue_rule
+    assert _registry._resolved[aten.kthvalue.default] is kthvalue_rule
 
-    @implements_aten(aten.cummax.default)
-    def cummax_entry(func, args, kwargs):
+    @implements_aten(aten.kthvalue.default)
+    def kthvalue_entry(func, args, kwargs):
         return per_element_fallback(func, args, kwargs)
 
-    assert resolve_aten(aten.cummax.default) is cummax_entry  # an explicit entry wins over rules
+    assert resolve_aten(aten.kthvalue.default) is kthvalue_entry  # an explicit entry wins over rules
 
 
 def test_unhandled_ops_fall_back_per_element():
-    assert resolve_aten(aten.cumsum.default) is per_element_fallback
+    assert resolve_aten(aten.kthvalue.default) is per_element_fallback
 
 
 def test_aten_handlers_run_with_autograd_on_the_values(clean_tables):
@@ -114,7 +114,7 @@ def test_eager_only_handlers_refuse_to_be_traced(clean_tables, nested, monkeypat
     ):
         nested.sum()
     with pytest.raises(NotImplementedError, match="would fall back to per-element eager execution"):
-        torch.cumsum(nested, 1)
+        torch.kthvalue(nested, 1, 1)
     with pytest.raises(NotImplementedError, match="handler is marked eager-only"):
         torch.reshape(nested, (-1,))
 

@@ -17,6 +17,7 @@ from .._layout import NestedLayout, inverse_permutation
 from ..nested_tensor import NestedTensor
 from ._packed import batch_dim, element_dim, from_elements, normalize_dim
 from ._registry import check_slow_path, implements, implements_aten
+from ._rows import gather_rows
 
 aten = torch.ops.aten
 
@@ -121,12 +122,16 @@ def unsqueeze(func, args, kwargs) -> NestedTensor:
         >>> # Now each underlying tensor has shape [len1, 1, len2] instead of [len1, len2]
     """
     nt, dim = args
-    layout = nt._layout
     dim = normalize_dim(dim, nt.dim() + 1)
     batch = batch_dim(nt)
     if dim == batch:
         raise ValueError("Cannot unsqueeze at the batch dimension of a NestedTensor.")
-    new = dim - 1 if dim > batch else dim
+    return unsqueeze_elements(nt, dim - 1 if dim > batch else dim)
+
+
+def unsqueeze_elements(nt: NestedTensor, new: int) -> NestedTensor:
+    """Insert a size-1 dim at element dim ``new`` of every element; a view of the values (a new static dim)."""
+    layout = nt._layout
     shapes = tuple((*shape[:new], 1, *shape[new:]) for shape in layout.element_shapes)
     if not layout.permutation:
         return nt._rewrap(nt._values, NestedLayout.from_shapes(shapes) if shapes else NestedLayout((), (0,), 1))
@@ -249,6 +254,9 @@ def flatten(input: NestedTensor, start_dim: int = 0, end_dim: int = -1) -> Tenso
     r"""
     Flatten element dims ``start_dim..end_dim``; a range that includes the batch dim flattens ``.tensor``.
 
+    Free (no copy) when the dims sit next to each other in the packing order, which holds for
+    elements stored in row-major order and for runs of static or of ragged dims.
+
     Examples:
         >>> NestedTensor([torch.zeros(3, 2, 2), torch.zeros(1, 2, 2)]).flatten(2).shape
         torch.Size([2, 3, 4])
@@ -256,9 +264,198 @@ def flatten(input: NestedTensor, start_dim: int = 0, end_dim: int = -1) -> Tenso
     start, end = normalize_dim(start_dim, input.dim()), normalize_dim(end_dim, input.dim())
     if start <= batch_dim(input) <= end:
         return torch.flatten(input.tensor, start, end)
-    first, last = element_dim(input, start), element_dim(input, end)
-    shapes = [(*s[:first], prod(s[first : last + 1]), *s[last + 1 :]) for s in input._layout.element_shapes]
-    return reshape_elements(input, shapes, copy=True)
+    return flatten_elements(input, element_dim(input, start), element_dim(input, end))
+
+
+def flatten_elements(nt: NestedTensor, first: int, last: int) -> NestedTensor:
+    """Merge element dims ``first..last`` into one; no copy when they are consecutive in the packing order."""
+    layout = nt._layout
+    if last <= first:
+        return nt
+    run = tuple(range(first, last + 1))
+    shapes = [(*s[:first], prod(s[first : last + 1]), *s[last + 1 :]) for s in layout.element_shapes]
+    position = layout.permutation.index(first)
+    if layout.permutation[position : position + len(run)] != run:
+        return reshape_elements(nt, shapes, copy=True)
+    ragged_in_run = sum(1 for d in run if d in layout.ragged_dims)
+    values = nt._values
+    if ragged_in_run == 0:
+        values = values.flatten(layout.values_dim(first), layout.values_dim(last))
+    elif ragged_in_run < len(run):  # the ragged tail of the rows and the leading static dims of values
+        values = values.flatten(0, len(run) - ragged_in_run)
+    ragged_rank = layout.ragged_rank - ragged_in_run + (1 if ragged_in_run else 0)
+    merged = len(run) - 1
+    permutation = tuple(d if d <= first else d - merged for d in layout.permutation if d not in run[1:])
+    static = tuple(values.shape[1:])
+    return nt._rewrap(values, NestedLayout(tuple(shapes), permutation, ragged_rank, static))
+
+
+def _unflattened_sizes(sizes: list[int], size: int, dim: int) -> list[int]:
+    """``sizes`` with its ``-1`` resolved against an element's ``size``, checked like ``torch.unflatten``."""
+    known = prod(s for s in sizes if s != -1)
+    resolved = list(sizes)
+    if sizes.count(-1) == 1 and known and size % known == 0:
+        resolved[sizes.index(-1)] = size // known
+    if sizes.count(-1) > 1 or prod(resolved) != size or -1 in resolved:
+        raise RuntimeError(
+            f"unflatten: Provided sizes {sizes} don't multiply up to the size of dim {dim} ({size}) in the input tensor"
+        )
+    return resolved
+
+
+@implements_aten(aten.unflatten.int)
+def unflatten(func, args, kwargs) -> NestedTensor:
+    r"""
+    Split element dim ``dim`` into ``sizes``; a ``-1`` is resolved for every element on its own.
+
+    Never copies: a ragged dim becomes several ragged dims over the same rows, a static dim is
+    unflattened in the values.
+
+    Examples:
+        >>> nt = NestedTensor([torch.arange(6), torch.arange(4)])
+        >>> nt.unflatten(1, (-1, 2))
+        NestedTensor([
+            [[0, 1],
+             [2, 3],
+             [4, 5]],
+            [[0, 1],
+             [2, 3]]
+        ])
+    """
+    nt, dim, sizes = args[0], args[1], [int(s) for s in args[2]]
+    if normalize_dim(dim, nt.dim()) == batch_dim(nt):
+        raise ValueError("Cannot unflatten the batch dimension of a NestedTensor.")
+    layout, target = nt._layout, element_dim(nt, dim)
+    shapes = tuple(
+        (*s[:target], *_unflattened_sizes(sizes, s[target], dim), *s[target + 1 :]) for s in layout.element_shapes
+    )
+    added = len(sizes) - 1
+    new_dims = tuple(range(target, target + len(sizes)))
+    permutation: list[int] = []
+    for d in layout.permutation:
+        permutation.extend(new_dims if d == target else (d if d < target else d + added,))
+    values, ragged_rank = nt._values, layout.ragged_rank
+    if target in layout.ragged_dims:
+        ragged_rank += added
+    else:
+        values = values.unflatten(
+            layout.values_dim(target), _unflattened_sizes(sizes, values.shape[layout.values_dim(target)], dim)
+        )
+    return nt._rewrap(values, NestedLayout(shapes, tuple(permutation), ragged_rank, tuple(values.shape[1:])))
+
+
+def squeeze_elements(nt: NestedTensor, dims: Sequence[int]) -> NestedTensor:
+    """Drop element ``dims`` (size 1 in every element) without copying."""
+    layout = nt._layout
+    dims = sorted(set(dims))
+    if not dims:
+        return nt
+    shapes = tuple(tuple(s for d, s in enumerate(shape) if d not in dims) for shape in layout.element_shapes)
+    values = nt._values
+    static = [layout.values_dim(d) for d in dims if d not in layout.ragged_dims]
+    if static:
+        values = values.squeeze(tuple(static)) if len(static) > 1 else values.squeeze(static[0])
+    ragged_rank = layout.ragged_rank - (len(dims) - len(static))
+    permutation = tuple(d - sum(1 for gone in dims if gone < d) for d in layout.permutation if d not in dims)
+    if not permutation:
+        return nt._rewrap(values.reshape(len(nt)), NestedLayout(shapes, (), 0))
+    if ragged_rank == 0:  # at least one dim must be ragged: the first static dim joins the rows
+        values, ragged_rank = values.flatten(0, 1), 1
+    return nt._rewrap(values, NestedLayout(shapes, permutation, ragged_rank, tuple(values.shape[1:])))
+
+
+@implements_aten(aten.squeeze.default, aten.squeeze.dim, aten.squeeze.dims)
+def squeeze(func, args, kwargs) -> NestedTensor:
+    r"""
+    Drop size-1 dims of every element, without copying.
+
+    With no dim, the dims of size 1 in every element go (an element-by-element squeeze could leave
+    elements of different ranks). The batch dim is never squeezed, even for a batch of one; naming it
+    raises, and so does naming a dim that has size 1 in some elements only.
+
+    Examples:
+        >>> nt = NestedTensor([torch.zeros(3, 1, 4), torch.zeros(2, 1, 4)])
+        >>> nt.squeeze().shape, nt.squeeze(2).shape, nt.squeeze(-1).shape
+        (torch.Size([2, 3, 4]), torch.Size([2, 3, 4]), torch.Size([2, 3, 1, 4]))
+    """
+    nt, layout = args[0], args[0]._layout
+    shapes = layout.element_shapes
+    if func is aten.squeeze.default:
+        dims = [d for d in range(layout.rank) if layout.max_sizes[d] == 1 and all(s[d] == 1 for s in shapes)]
+        return squeeze_elements(nt, dims)
+    given = args[1] if len(args) > 1 else kwargs["dim"]
+    dims = []
+    for dim in [given] if isinstance(given, int) else list(given):
+        if normalize_dim(dim, nt.dim()) == batch_dim(nt):
+            raise ValueError("Cannot squeeze the batch dimension of a NestedTensor.")
+        target = element_dim(nt, dim)
+        ones = sum(1 for s in shapes if s[target] == 1)
+        if 0 < ones < len(shapes):
+            raise ValueError(
+                f"Cannot squeeze dim {dim}: it has size 1 in {ones} of {len(shapes)} elements only, "
+                "which would leave elements of different ranks"
+            )
+        if ones or (not shapes and layout.max_sizes[target] == 1):
+            dims.append(target)
+    return squeeze_elements(nt, dims)
+
+
+@implements_aten(aten.expand.default)
+def expand(func, args, kwargs) -> NestedTensor:
+    r"""
+    Expand size-1 dims of every element; ``-1`` (or a dim's current padded size) keeps a dim as it is.
+
+    Static dims expand as a view of the values. A ragged dim can expand only where every element has
+    size 1 along it; its rows are repeated (a copy). The batch dim cannot expand.
+
+    Examples:
+        >>> nt = NestedTensor([torch.zeros(3, 1), torch.zeros(2, 1)])
+        >>> nt.expand(-1, -1, 4).shape
+        torch.Size([2, 3, 4])
+    """
+    nt, size = args[0], [int(s) for s in args[1]]
+    layout = nt._layout
+    if len(size) != nt.dim():
+        raise ValueError(f"expand of a NestedTensor takes one size per dim ({nt.dim()}), got {size}")
+    batch = batch_dim(nt)
+    if size[batch] not in (-1, len(nt)):
+        raise ValueError(f"Cannot expand the batch dimension of a NestedTensor (of size {len(nt)}) to {size[batch]}")
+    targets = size[:batch] + size[batch + 1 :]
+    static_sizes, ragged = list(layout.static_sizes), {}
+    for d, target in enumerate(targets):
+        current = layout.max_sizes[d]
+        if target in (-1, current):
+            continue
+        if current != 1 or any(shape[d] != 1 for shape in layout.element_shapes):
+            raise RuntimeError(
+                f"The expanded size of the tensor ({target}) must match the existing size ({current}) "
+                f"at non-singleton dimension {d + (d >= batch)}.  Target sizes: {size}"
+            )
+        if d in layout.ragged_dims:
+            ragged[layout.ragged_dims.index(d)] = target
+        else:
+            static_sizes[layout.values_dim(d) - 1] = target
+    if not ragged and static_sizes == list(layout.static_sizes):
+        return nt
+    values = nt._values.expand(nt._values.shape[0], *static_sizes)
+    new_layout = layout.with_static_sizes(static_sizes)
+    if ragged:
+        shapes = [
+            tuple(
+                ragged.get(layout.ragged_dims.index(d), s) if d in layout.ragged_dims else s
+                for d, s in enumerate(shape)
+            )
+            for shape in new_layout.element_shapes
+        ]
+        new_layout = NestedLayout(tuple(shapes), layout.permutation, layout.ragged_rank, tuple(static_sizes))
+        repeated = nt._rewrap(values, layout.with_static_sizes(static_sizes))
+        key = ("expand", tuple(sorted(ragged.items())), tuple(static_sizes))
+
+        def source(batch: Tensor, coordinates: list[Tensor]) -> list[Tensor]:
+            return [c.new_zeros(()).expand_as(c) if level in ragged else c for level, c in enumerate(coordinates)]
+
+        values = gather_rows(repeated, new_layout, key, source)
+    return nt._rewrap(values, new_layout)
 
 
 @implements(torch.unbind)
