@@ -1,6 +1,6 @@
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
@@ -135,9 +135,27 @@ def test_interpolate_matches_every_element(spatial, mode):
         output = F.interpolate(batched, **kwargs, **options)
         return output if isinstance(x, NestedTensor) else output[0]
 
-    scaled = check_op(lambda x: resize(x, scale_factor=2), [images], packed=False, dense=False, atol=1e-6)
+    packed = mode.startswith("nearest")  # nearest modes gather packed rows; the others run per element
+    scaled = check_op(lambda x: resize(x, scale_factor=2), [images], packed=packed, dense=False, atol=1e-6)
     assert scaled.shape[2:] == tuple(2 * max(s) for s in zip(*(i.shape[1:] for i in images)))
-    check_op(lambda x: resize(x, size=(6, 5, 4)[:spatial]), [images], packed=False, dense=True, atol=1e-6)
+    check_op(lambda x: resize(x, size=(6, 5, 4)[:spatial]), [images], packed=packed, dense=True, atol=1e-6)
+
+
+@given(
+    st.integers(1, 3),
+    st.sampled_from(["nearest", "nearest-exact"]),
+    st.floats(0.3, 3.0),
+    st.booleans(),
+    st.data(),
+)
+def test_nearest_resizing_copies_the_pixels_torch_picks(spatial, mode, factor, recompute, data):
+    images = data.draw(ragged_images(spatial=spatial, batched=False))
+    assume(all(int(s * factor) >= 1 for image in images for s in image.shape[1:]))
+    options = {"mode": mode, "scale_factor": factor, "recompute_scale_factor": recompute}
+    with forbid_slow_paths():
+        output = F.interpolate(NestedTensor(images), **options)
+    for got, image in zip(output.unbind(), images):
+        assert torch.equal(got, F.interpolate(image[None], **options)[0])
 
 
 def test_bicubic_with_antialias():

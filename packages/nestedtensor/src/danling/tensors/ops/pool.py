@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from .._layout import NestedLayout
 from ..nested_tensor import NestedTensor
 from ._canvas import (
     CanvasPlan,
@@ -37,6 +38,7 @@ from ._canvas import (
     lift_1d,
     pixel_coordinates,
     pixel_rows,
+    ragged_grid,
     with_static_channels,
 )
 from ._packed import from_elements, is_nested, packed_like, split_elements
@@ -326,7 +328,10 @@ def interpolate(
     antialias: bool = False,
 ) -> Tensor:
     r"""
-    ``F.interpolate`` of every element ``(C, *spatial)`` (per element); ``size`` gives a dense batch.
+    ``F.interpolate`` of every element ``(C, *spatial)``; ``size`` gives a dense batch.
+
+    ``nearest`` and ``nearest-exact`` run packed (one gather of pixel rows, its index computed as torch
+    computes it and cached on the layout); the other modes run per element.
 
     Examples:
         >>> import torch.nn.functional as F
@@ -336,8 +341,13 @@ def interpolate(
         >>> upsampled = F.interpolate(images, scale_factor=2)
         >>> [tuple(element.shape) for element in upsampled.unbind()]
         [(3, 8, 12), (3, 10, 10)]
+        >>> torch.equal(upsampled[1], F.interpolate(images[1][None], scale_factor=2)[0])
+        True
     """
     _check_nested(input, "interpolate")
+    nearest = mode in ("nearest", "nearest-exact") and align_corners is None and not antialias
+    if nearest and len(input) and (size is None) != (scale_factor is None):
+        return _nearest(input, size, scale_factor, mode == "nearest-exact", bool(recompute_scale_factor))
 
     def resize(element: Tensor) -> Tensor:
         return F.interpolate(
@@ -345,6 +355,64 @@ def interpolate(
         ).squeeze(0)
 
     return map_elements(input, resize, "interpolate", size is not None)
+
+
+def _nearest(input: NestedTensor, size, scale_factor, exact: bool, recompute: bool) -> Tensor:
+    """Nearest-neighbour resizing of every element as one gather of its pixel rows."""
+    spatial = input._layout.rank - 1
+    images = Images.of(input, spatial, "interpolate")
+    input = with_static_channels(input, images)
+    if size is not None:
+        targets = [expand_argument(size, spatial, "size", "interpolate")] * len(images.sizes)
+        scales = (None,) * spatial
+    else:
+        factors = tuple(float(f) for f in (scale_factor if isinstance(scale_factor, Sequence) else [scale_factor]))
+        factors = factors * spatial if len(factors) == 1 else factors
+        targets = [tuple(int(s * f) for s, f in zip(sizes, factors)) for sizes in images.sizes]
+        scales = (None,) * spatial if recompute else factors
+    layout, device = input._layout, input._values.device
+    key = ("nearest", exact, tuple(map(tuple, targets)), scales)
+    index = layout._cached(
+        key, device, lambda d: layout.to_device(_nearest_index(layout, images, targets, scales, exact), d)
+    )
+    rows = pixel_rows(input, images).index_select(0, index)
+    channels = rows.size(1)
+    if size is not None:
+        return rows.view(len(images.sizes), *targets[0], channels).movedim(-1, 1)
+    shapes = tuple((channels, *target) for target in targets)
+    output_layout = NestedLayout(shapes, (*range(1, spatial + 1), 0), spatial, (channels,))
+    return packed_like(input, rows, output_layout)
+
+
+def _nearest_index(layout, images: Images, targets, scales, exact: bool) -> Tensor:
+    """Row of ``pixel_rows`` every output pixel copies, by torch's nearest-neighbour rule (float32 arithmetic)."""
+    cpu = torch.device("cpu")
+    image, coordinates = pixel_coordinates(layout, images, cpu)
+    sizes = torch.tensor(images.sizes, dtype=torch.long)
+    starts = sizes.prod(1).cumsum(0) - sizes.prod(1)
+    by_position = torch.empty_like(image)
+    by_position[starts[image] + _row_major(coordinates, sizes[image])] = torch.arange(image.numel())
+    output_image, output_coordinates = ragged_grid(targets, cpu)
+    spatial, source = len(scales), []
+    for dim, scale in enumerate(scales):
+        inputs = sizes[output_image, dim]
+        outputs = torch.tensor(targets, dtype=torch.long)[output_image, dim]
+        ratio = inputs.float() / outputs.float() if scale is None else torch.tensor(1.0 / scale).float()
+        position = (output_coordinates[:, dim].float() + (0.5 if exact else 0.0)) * ratio
+        nearest = torch.minimum(position.floor().long(), inputs - 1)
+        if spatial == 2 and not exact:  # torch's 2-d nearest kernel copies unchanged dims and halves doubled ones
+            nearest = torch.where(outputs == 2 * inputs, output_coordinates[:, dim] // 2, nearest)
+            nearest = torch.where(outputs == inputs, output_coordinates[:, dim], nearest)
+        source.append(nearest)
+    return by_position[starts[output_image] + _row_major(torch.stack(source, 1), sizes[output_image])]
+
+
+def _row_major(coordinates: Tensor, sizes: Tensor) -> Tensor:
+    """Flat row-major index of ``coordinates`` in boxes of ``sizes`` (both ``(P, dims)``)."""
+    flat = torch.zeros(coordinates.size(0), dtype=torch.long)
+    for dim in range(coordinates.size(1)):
+        flat = flat * sizes[:, dim] + coordinates[:, dim]
+    return flat
 
 
 @implements(F.pad)
