@@ -117,28 +117,29 @@ def _begin(runner: TorchRunner, mode: RunnerMode, split: str, metrics: Any) -> N
         metrics.reset()
 
 
-def _train_batch(runner: TorchRunner, batch: Any, meters: tuple[Any, Any, dict | None], weigh: bool) -> None:
+def _train_batch(runner: TorchRunner, batch: Any, meters: tuple[Any, Any, dict | None, bool], weigh: bool) -> None:
     """One micro-batch: weigh it (when accumulating or distributed), run ``train_step``, record loss and rate.
 
     With one micro-batch per step on one process the weight changes nothing (it cancels out), so
     it is not computed and the loss meter averages per-batch losses.
     """
-    loss_meter, lr_meter, param_group = meters
+    loss_meter, lr_meter, param_group, on_cpu = meters
     normalizer = None
     if weigh:
         normalizer = loss_normalizer(batch, runner.criterion)
         runner.set_loss_normalizer(normalizer)
     _, loss = runner.train_step(batch)
     if loss is not None:
-        loss_meter.update(loss, n=normalizer or 1)
+        # A CPU loss is read at once (no device to wait for); an accelerator's stays there until a log line.
+        loss_meter.update(loss.item() if on_cpu and loss.numel() == 1 else loss, n=normalizer or 1)
     if param_group is not None:
         lr_meter.update(param_group["lr"])
 
 
-def _training_meters(runner: TorchRunner) -> tuple[Any, Any, dict | None]:
-    """The loss and learning-rate meters, and the parameter group whose rate is recorded."""
+def _training_meters(runner: TorchRunner) -> tuple[Any, Any, dict | None, bool]:
+    """The loss and learning-rate meters, the parameter group whose rate is recorded, and whether on the CPU."""
     group = runner.optimizer.param_groups[0] if runner.optimizer is not None else None
-    return runner.meters["loss"], runner.meters["lr"], group
+    return runner.meters["loss"], runner.meters["lr"], group, runner.device.type == "cpu"
 
 
 def _after_update(runner: TorchRunner, step_before: int, interval: int) -> None:

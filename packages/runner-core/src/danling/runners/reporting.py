@@ -41,14 +41,13 @@ _VERBS = {"train": "training", "evaluate": "evaluating", "infer": "inferring"}
 
 
 def _format_value(value: Any, spec: str) -> str:
-    if isinstance(value, torch.Tensor):
-        value = value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
+    if type(value) is not float:
+        if isinstance(value, torch.Tensor):
+            value = value.item() if value.numel() == 1 else value.tolist()
+        if isinstance(value, bool) or not isinstance(value, float):
+            return str(value)
     text = format(value, spec)
-    if value != 0 and spec.endswith("f") and float(text) == 0:  # e.g. a small learning rate
+    if value and spec[-1:] == "f" and not text.strip("-0."):  # e.g. a small learning rate would print as 0.0000
         return format(value, ".3e")
     return text
 
