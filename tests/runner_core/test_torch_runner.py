@@ -506,3 +506,44 @@ def test_a_model_built_in_eval_mode_still_trains_in_train_mode(tmp_path):
     runner.train()
     assert modes == [True, True, True, False]  # three training batches, then one validation batch
     runner.close()
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_cuda_training_steps_never_wait_for_the_device(tmp_path):
+    from danling.runners.loops import _train_batch, _training_meters
+
+    runner = ClassifierRunner(
+        base_config(tmp_path, epochs=1, optim={"type": "adamw", "lr": 0.01}, dataloader={"batch_size": 8})
+    )
+    assert runner.device.type == "cuda" and next(runner.model.parameters()).is_cuda
+    batches = list(runner.dataloaders["train"])
+    meters = _training_meters(runner)
+    _train_batch(runner, batches[0], meters, runner.weighs_micro_batches)  # warm up lazy CUDA state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in batches[1:]:
+            _train_batch(runner, batch, meters, runner.weighs_micro_batches)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert runner.train_state.global_step == len(batches)
+    assert runner.meters["loss"].count == len(batches)  # read back only now
+    runner.close()
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_mixed_precision_trains(tmp_path, precision):
+    config = base_config(
+        tmp_path, epochs=3, precision=precision, optim={"type": "sgd", "lr": 0.1}, dataloader={"batch_size": 8}
+    )
+    runner = ClassifierRunner(config)
+    before = runner.model.weight.detach().clone()
+    runner.train()
+    assert (runner.scaler is not None) == (precision == "fp16")
+    assert runner.train_state.global_step >= 1 and not torch.equal(before, runner.model.weight)
+    assert math.isfinite(runner.results[2]["val"]["loss"])
+    runner.close()
