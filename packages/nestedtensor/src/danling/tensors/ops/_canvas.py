@@ -10,11 +10,14 @@ as its largest image; images are grouped into canvases (*buckets*) whose other s
 ``BUCKET_FILL`` of each other, so little of a canvas is fill. Sequences (one spatial dim) always
 fit one canvas with nothing but the padding between them.
 
-Measured on one CPU thread (conv 3x3 or 3 taps, median of interleaved runs, ratio to a Python
-loop of per-element calls on views of the packed buffer): 64 sequences of 16-512 steps, 256
-channels: canvas 1.0x, padded batch 2.7x; 256 sequences of 4-64 steps, 32 channels: canvas 0.4x,
-padded 0.9x; 16 images of 32-96 pixels a side, 64 channels: bucketed canvases 0.9x, one canvas
-1.5x, padded 2.0x; 64 images of 8-32 a side, 16 channels: bucketed 0.7x, padded 0.7x.
+Measured on one CPU thread (medians of interleaved runs, ratio to a Python loop of per-element calls
+on contiguous tensors, which returns a list and packs nothing; the padded batch is shown for
+comparison): conv1d 256->256, 3 taps, on 64 sequences of 16-512 steps: 0.8-0.95x (padded 1.3-2.7x);
+conv2d 64->64 3x3 on 16 images of 32-96 pixels a side: 1.1-1.2x (padded 3.4x); conv2d 16->16 on 64
+images of 8-32 a side: 0.6-0.7x (padded 0.8x); max_pool2d 2 on the 16 images: 0.2x (padded 1.3x);
+max_pool1d 3/2 on the sequences: 1.7-1.9x (padded 1.65x), the price of copying a cheap op's input
+onto the canvases. Grouping images into buckets instead of one canvas took the 16-image conv2d from
+1.5x to 0.9-1.2x.
 
 Pixels travel as channels-last rows: ``(pixels, channels)``. A plan (where every input pixel lands
 and where every output pixel is read) depends only on the layout and the window geometry, so it is

@@ -15,8 +15,9 @@ The attention kernel is chosen per call:
 - otherwise (always on CPU, where torch has no variable-length kernel) one fused SDPA call per
   element on views of the packed buffer, outputs concatenated once. This is a documented
   per-element path (it calls ``check_slow_path``), and the fastest one measured on CPU: on 64
-  sequences of 16-512 tokens, 4 heads of 64, one thread, it costs 1.0x a Python loop of
-  per-sequence SDPA calls, where padding the batch costs 3x and ``torch.nested`` 15x.
+  sequences of 16-512 tokens, 4 heads of 64, one thread, it costs 0.85-1.15x a Python loop of
+  per-sequence SDPA calls (1.1x with backward; ``nn.MultiheadAttention`` 1.1x a loop of per-sequence
+  module calls), where padding the batch costs 3.1-3.4x and ``torch.nested`` 11-22x.
 
 Dense operands are batch-first: a dense ``key``/``value`` gives element ``i`` its row ``[i]``; a dense
 ``attn_mask`` with a batch dim gives row ``[i]``, and any dense mask is cropped to each element's

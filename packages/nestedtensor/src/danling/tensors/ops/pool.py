@@ -8,12 +8,14 @@ Every op gives what it gives on each element alone; elements are ``(C, *spatial)
   convolutions (``_canvas.py``): max pooling fills the gaps between images with ``-inf``; average
   pooling sums over full windows and divides by each window's own divisor (``count_include_pad``,
   ``ceil_mode`` and ``divisor_override`` as torch counts them).
-- ``adaptive_{avg,max}_pool{1,2,3}d`` and ``interpolate`` run per element (their windows or sample
-  points depend on each element's size, so no canvas holds them): a documented slow path of one
-  call per element on views of the packed buffer. Their output size is set by the arguments, so
-  when every result has the same shape (``output_size`` or ``size`` given for unbatched
-  elements) they return a dense ``(B, C, *size)`` tensor, ready for a classifier head; otherwise
-  a NestedTensor.
+- ``adaptive_{avg,max}_pool{1,2,3}d`` and ``interpolate`` sample each element by its own size, so
+  no canvas holds them. Packed paths cover the common cases: global average pooling (``output_size``
+  1) is one segment mean over the pixel rows, and ``nearest``/``nearest-exact`` resizing one gather
+  whose index is computed as torch's kernels compute theirs. Other sizes and modes run per element
+  (a documented slow path: one call per element on views of the packed buffer). The output size of
+  these ops is set by the arguments, so when every result has the same shape (``output_size`` or
+  ``size`` given, unbatched elements) they return a dense ``(B, C, *size)`` tensor, ready for a
+  classifier head; otherwise a NestedTensor.
 - ``F.pad`` pads static trailing dims on the packed values directly (constant mode); other modes,
   and pads of ragged dims, run per element.
 """
