@@ -188,13 +188,24 @@ class NestedTensor(torch.Tensor):
 
     def _rewrap(self, values: Tensor, layout: NestedLayout | None = None) -> NestedTensor:
         """A NestedTensor of ``values`` with this one's layout (unless given) and settings."""
-        return type(self)._from_packed(
-            values,
-            self._layout if layout is None else layout,
-            batch_first=self._batch_first,
-            padding_value=self._padding_value,
-            mask_value=self._mask_value,
-        )
+        if layout is not None and layout is not self._layout:
+            return type(self)._from_packed(
+                values,
+                layout,
+                batch_first=self._batch_first,
+                padding_value=self._padding_value,
+                mask_value=self._mask_value,
+            )
+        # Same layout: ``_from_packed`` with the logical shape reused, inlined (the hot path of elementwise ops).
+        nested = Tensor._make_wrapper_subclass(type(self), self._logical_shape, dtype=values.dtype, device=values.device)
+        nested._values = values
+        nested._layout = self._layout
+        nested._batch_first = self._batch_first
+        nested._padding_value = self._padding_value
+        nested._mask_value = self._mask_value
+        nested._logical_shape = self._logical_shape
+        nested._padded_cache = None
+        return nested
 
     def _replace_packed(self, values: Tensor, layout: NestedLayout) -> None:
         """Swap in new packed data in place (used when an assignment changes an element's shape)."""
@@ -211,8 +222,8 @@ class NestedTensor(torch.Tensor):
             kwargs = {}
         handler = _registry.TORCH_FUNCTIONS.get(func)
         if handler is not None:
-            if func not in _registry.COMPILE_SAFE and _registry._is_compiling():
-                _registry.compile_unsupported(func, "handler is marked eager-only")
+            if func not in _registry.COMPILE_SAFE and _registry.traced(args, kwargs):
+                return _registry.run_eager_only(func, handler, args, kwargs)
             return handler(*args, **kwargs)
         return _registry.continue_to_aten(func, args, kwargs)
 
