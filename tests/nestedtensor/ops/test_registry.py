@@ -109,6 +109,7 @@ def test_aten_handlers_run_with_autograd_on_the_values(clean_tables):
 
 def test_eager_only_handlers_refuse_to_be_traced(clean_tables, nested, monkeypatch):
     monkeypatch.setattr(_registry, "_is_compiling", lambda: True)
+    monkeypatch.setattr(_registry, "traced", lambda args, kwargs: True)  # as if the values were fake
     with pytest.raises(
         NotImplementedError, match=r"compile-safe path not implemented for aten\.sum\.default: aten handler"
     ):

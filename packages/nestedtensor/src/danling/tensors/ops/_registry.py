@@ -80,8 +80,19 @@ CPU and is copied to the device once per layout; aten handlers that return plain
 return views of ``_values`` (the wrapper's autograd kernel would re-register them as views of the
 wrapper), so element views are served at the torch level.
 
-``torch.compile``: a handler registered without ``compile_safe=True`` raises ``NotImplementedError``
-while dynamo traces, instead of silently running eagerly.
+``torch.compile``
+=================
+
+A NestedTensor is a traceable wrapper subclass (``__tensor_flatten__``): dynamo records torch calls
+on it, and the calls run through these tables on fake values while dynamo and AOTAutograd trace, so a
+compiled graph holds the handlers' ops on the packed values. A handler may run there only if it was
+registered with ``compile_safe=True`` (``implements``, ``implements_aten``, ``aten_rule``): it must
+compute on ``_values`` with torch ops, read metadata only from the layout (Python ints on the CPU)
+and never loop over elements. Anything else (an eager-only handler, the per-element fallback, any
+path that calls ``check_slow_path``) raises ``NotImplementedError`` naming the op while tracing;
+dynamo turns that into a graph break (the op runs eagerly, the rest compiles) and
+``fullgraph=True`` into an error carrying the message. Layouts are Python metadata, so a compiled
+function is specialised to the element shapes it saw, like a static-shape graph.
 """
 
 from __future__ import annotations
@@ -92,8 +103,11 @@ from typing import Any
 
 import torch
 from torch._C import DispatchKey
+from torch._guards import TracingContext
+from torch._subclasses.fake_tensor import is_fake
 
-from .._guard import check_padding, check_slow_path, forbid_slow_paths
+from .. import _guard
+from .._guard import check_padding, forbid_slow_paths
 
 __all__ = [
     "ATEN_OPS",
@@ -112,6 +126,8 @@ __all__ = [
     "implements_aten",
     "inner_autograd",
     "resolve_aten",
+    "run_eager_only",
+    "traced",
 ]
 
 AtenHandler = Callable[[Any, tuple, dict], Any]
@@ -127,6 +143,8 @@ ATEN_RULES: list[tuple[Callable[[torch._ops.OpOverload], bool], AtenHandler]] = 
 
 COMPILE_SAFE: set = set()
 """Functions and overloads whose handler may run while ``torch.compile`` traces."""
+
+_COMPILE_SAFE_RULES: set = set()
 
 _resolved: dict[torch._ops.OpOverload, AtenHandler] = {}
 
@@ -147,8 +165,7 @@ def implements(*funcs: Callable, compile_safe: bool = False) -> Callable[[Callab
     def register(handler: Callable) -> Callable:
         for func in funcs:
             TORCH_FUNCTIONS[func] = handler
-            if compile_safe:
-                COMPILE_SAFE.add(func)
+            (COMPILE_SAFE.add if compile_safe else COMPILE_SAFE.discard)(func)
         return handler
 
     return register
@@ -181,16 +198,19 @@ def implements_aten(
             for overload in _overloads(op):
                 ATEN_OPS[overload] = handler
                 _resolved.pop(overload, None)
-                if compile_safe:
-                    COMPILE_SAFE.add(overload)
+                (COMPILE_SAFE.add if compile_safe else COMPILE_SAFE.discard)(overload)
         return handler
 
     return register
 
 
-def aten_rule(predicate: Callable[[torch._ops.OpOverload], bool]) -> Callable[[AtenHandler], AtenHandler]:
+def aten_rule(
+    predicate: Callable[[torch._ops.OpOverload], bool], compile_safe: bool = False
+) -> Callable[[AtenHandler], AtenHandler]:
     r"""
     Register a handler for every overload that ``predicate`` accepts and ``ATEN_OPS`` does not list.
+
+    With ``compile_safe=True`` the overloads it resolves join ``COMPILE_SAFE``.
 
     Examples:
         >>> @aten_rule(lambda op: op.name().startswith("aten::special_never_called"))
@@ -202,6 +222,8 @@ def aten_rule(predicate: Callable[[torch._ops.OpOverload], bool]) -> Callable[[A
 
     def register(handler: AtenHandler) -> AtenHandler:
         ATEN_RULES.append((predicate, handler))
+        if compile_safe:
+            _COMPILE_SAFE_RULES.add(handler)
         _resolved.clear()
         return handler
 
@@ -224,6 +246,8 @@ def resolve_aten(func: torch._ops.OpOverload) -> AtenHandler:
     if handler is not None:
         return handler
     handler = next((rule for predicate, rule in ATEN_RULES if predicate(func)), None)
+    if handler in _COMPILE_SAFE_RULES:
+        COMPILE_SAFE.add(func)
     if handler is None and torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"):
         handler = decompose
     if handler is None:
@@ -240,7 +264,59 @@ def compile_unsupported(op: object, detail: str) -> None:
 
 
 def _is_compiling() -> bool:
-    return torch.compiler.is_compiling()
+    """Whether ``torch.compile`` is tracing: dynamo itself, or ops it (or AOTAutograd) runs on fake values."""
+    return torch.compiler.is_compiling() or TracingContext.try_get() is not None
+
+
+def traced(args: tuple, kwargs: dict) -> bool:
+    r"""
+    Whether a call on these operands is part of a ``torch.compile`` trace.
+
+    Dynamo also calls tensor methods on the real inputs it wraps (``is_contiguous``, ``untyped_storage``):
+    those calls see real packed values and run as in eager mode.
+
+    Examples:
+        >>> from danling.tensors import NestedTensor
+        >>> traced((NestedTensor([[1.0, 2.0]]),), {})
+        False
+    """
+    if torch.compiler.is_dynamo_compiling():
+        return True
+    if not _is_compiling():
+        return False
+    nested = next((a for a in (*args, *kwargs.values()) if hasattr(a, "_layout") and hasattr(a, "_values")), None)
+    return nested is None or is_fake(nested._values)
+
+
+def _call(handler: Callable, args: tuple, kwargs: dict) -> Any:
+    return handler(*args, **kwargs)
+
+
+def run_eager_only(func: Callable, handler: Callable, args: tuple, kwargs: dict) -> Any:
+    r"""
+    What ``__torch_function__`` does with a handler not marked ``compile_safe`` while compiling.
+
+    While dynamo symbolically traces Python code that calls ``func`` (the body of a torch function
+    whose call broke the graph), the handler is called through ``torch._dynamo.disable``: a graph
+    break, after which it runs eagerly. While the graph's ops run on fake values (dynamo's shape
+    propagation, AOTAutograd), it raises ``NotImplementedError``, which dynamo reports as a graph
+    break at that call (an error under ``fullgraph=True``).
+    """
+    if torch.compiler.is_dynamo_compiling():
+        return torch._dynamo.disable(_call)(handler, args, kwargs)
+    compile_unsupported(func, "handler is marked eager-only")
+
+
+def check_slow_path(detail: object) -> None:
+    r"""
+    Call at the top of every per-element path: it raises inside ``forbid_slow_paths()`` and while compiling.
+
+    Examples:
+        >>> check_slow_path("an op on every element")  # eager, nothing forbidden: no effect
+    """
+    _guard.check_slow_path(detail)
+    if _is_compiling():
+        compile_unsupported(detail, "would fall back to per-element eager execution")
 
 
 # ---------------------------------------------------------------------------- autograd on values
@@ -309,7 +385,7 @@ def dispatch_aten(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any
     handler = resolve_aten(func)
     if handler is decompose:  # its parts dispatch (and enable autograd) one by one
         return handler(func, args, kwargs)
-    if func not in COMPILE_SAFE and _is_compiling():
+    if func not in COMPILE_SAFE and traced(args, kwargs):
         if func in ATEN_OPS:
             compile_unsupported(func, "aten handler is marked eager-only")
         compile_unsupported(func, "would fall back to per-element eager execution")
