@@ -16,7 +16,7 @@ from ._registry import implements, implements_aten
 aten = torch.ops.aten
 
 
-@implements_aten(aten._to_copy.default, aten.clone.default, aten.detach.default, aten.alias.default)
+@implements_aten(aten._to_copy.default, aten.clone.default, aten.detach.default, aten.alias.default, compile_safe=True)
 def copy_values(func, args, kwargs) -> NestedTensor:
     r"""
     Dtype/device conversions, ``clone``, ``detach`` and ``alias``: the same op on the packed values.
@@ -44,6 +44,7 @@ def copy_values(func, args, kwargs) -> NestedTensor:
     aten.randn_like.default,
     aten.randint_like.default,
     aten.randint_like.low_dtype,
+    compile_safe=True,
 )
 def like(func, args, kwargs) -> NestedTensor:
     r"""
@@ -72,7 +73,7 @@ def new_dense(func, args, kwargs) -> Tensor:
     return func(args[0]._values, *args[1:], **kwargs)
 
 
-@implements(Tensor.contiguous)
+@implements(Tensor.contiguous, compile_safe=True)
 def contiguous(input: NestedTensor, memory_format: torch.memory_format = torch.contiguous_format) -> NestedTensor:
     """Make the packed values contiguous (returns ``input`` when they already are)."""
     if input._values.is_contiguous():
@@ -80,13 +81,13 @@ def contiguous(input: NestedTensor, memory_format: torch.memory_format = torch.c
     return packed_like(input, input._values.contiguous())
 
 
-@implements(Tensor.is_contiguous)
+@implements(Tensor.is_contiguous, compile_safe=True)
 def is_contiguous(input: NestedTensor, memory_format: torch.memory_format = torch.contiguous_format) -> bool:
     """Whether the packed values are contiguous."""
     return input._values.is_contiguous()
 
 
-@implements(Tensor.element_size)
+@implements(Tensor.element_size, compile_safe=True)
 def element_size(input: NestedTensor) -> int:
     return input._values.element_size()
 
