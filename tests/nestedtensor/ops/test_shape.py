@@ -4,7 +4,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from danling.tensors import NestedTensor, forbid_slow_paths
-from danling.tensors.ops.shape import permute_elements, view_shapes
+from danling.tensors.ops.reshape import view_shapes
+from danling.tensors.ops.shape import permute_elements
 
 from ..strategies import assert_elements, ragged_batches
 

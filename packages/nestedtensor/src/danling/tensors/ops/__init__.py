@@ -18,9 +18,11 @@ from . import (
     pool,
     reduction,
     reorder,
+    reshape,
     shape,
     slicing,
     sorting,
+    storage,
 )
 from ._fallback import per_element_fallback
 from ._registry import (
@@ -55,7 +57,9 @@ __all__ = [
     "pool",
     "reduction",
     "reorder",
+    "reshape",
     "shape",
     "slicing",
     "sorting",
+    "storage",
 ]

@@ -18,7 +18,9 @@ from ..nested_tensor import NestedTensor
 from ._packed import batch_dim, element_dim, normalize_dim
 from ._registry import implements, implements_aten
 from ._rows import gather_rows, ragged_sizes
-from .shape import permute_elements, reshape_elements
+from .indexing import select_elements
+from .reshape import reshape_elements
+from .shape import permute_elements
 
 aten = torch.ops.aten
 
@@ -61,7 +63,7 @@ def flip_elements(nt: NestedTensor, dims: Sequence[int]) -> NestedTensor:
 @implements_aten(aten.flip.default)
 def flip(func, args, kwargs) -> NestedTensor:
     r"""
-    ``torch.flip(nt, dims)``: reverse every element along ``dims``.
+    ``torch.flip(nt, dims)``: reverse every element along ``dims``; the batch dim reverses the order of the elements.
 
     Examples:
         >>> nt = NestedTensor([torch.tensor([[1, 2], [3, 4], [5, 6]]), torch.tensor([[7, 8]])])
@@ -77,8 +79,12 @@ def flip(func, args, kwargs) -> NestedTensor:
                 [4, 3],
                 [2, 1]])
     """
-    nt, dims = args[0], args[1] if len(args) > 1 else kwargs["dims"]
-    return flip_elements(nt, _element_dims(nt, dims, "flip"))
+    nt, dims = args[0], list(args[1] if len(args) > 1 else kwargs["dims"])
+    batch = [d for d in dims if normalize_dim(d, nt.dim()) == batch_dim(nt)]
+    flipped = flip_elements(nt, _element_dims(nt, [d for d in dims if d not in batch], "flip"))
+    if len(batch) % 2:
+        flipped = select_elements(flipped, list(reversed(range(len(nt)))))
+    return flipped
 
 
 def roll_elements(nt: NestedTensor, shifts: Sequence[int], dims: Sequence[int]) -> NestedTensor:
@@ -110,6 +116,9 @@ def roll(func, args, kwargs) -> NestedTensor:
     r"""
     ``torch.roll(nt, shifts, dims)``: roll every element; without dims, each element rolls as if flattened.
 
+    Rolling the batch dim rotates the order of the elements. Without dims, elements stored in a
+    permuted layout are flattened one by one (a slow path); the others roll in one gather.
+
     Examples:
         >>> nt = NestedTensor([[1, 2, 3], [4, 5]])
         >>> nt.roll(1, 1)
@@ -135,7 +144,13 @@ def roll(func, args, kwargs) -> NestedTensor:
         return reshape_elements(roll_elements(flat, shifts, [0]), list(shapes))
     if len(shifts) != len(dims):
         raise RuntimeError(f"shifts and dimensions must align. shifts: {len(shifts)}, dims:{len(dims)}")
-    return roll_elements(nt, shifts, _element_dims(nt, dims, "roll"))
+    on_batch = [normalize_dim(d, nt.dim()) == batch_dim(nt) for d in dims]
+    inside = [(shift, d) for shift, d, batch in zip(shifts, dims, on_batch) if not batch]
+    rolled = roll_elements(nt, [s for s, _ in inside], _element_dims(nt, [d for _, d in inside], "roll"))
+    shift = sum(s for s, batch in zip(shifts, on_batch) if batch)
+    if shift % max(len(nt), 1):
+        rolled = select_elements(rolled, [(i - shift) % len(nt) for i in range(len(nt))])
+    return rolled
 
 
 @implements(torch.rot90, Tensor.rot90)

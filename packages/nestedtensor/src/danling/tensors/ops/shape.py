@@ -1,22 +1,23 @@
-"""Shape ops: permute, transpose, unsqueeze, view, reshape, flatten, unbind.
+"""Moving, adding and dropping the dims of every element: permute, transpose, ``T``/``mT``, unsqueeze, squeeze, expand, unbind.
 
 Dims are given in NestedTensor coordinates (the batch dim included) and act inside every element;
-the batch dim itself cannot move. Permuting element dims never copies: the packed values stay as
-they are and only the layout's packing order changes.
+the batch dim itself cannot move (``transpose(0, 1)`` flips ``batch_first`` instead). None of these
+copies: permuting element dims only changes the layout's packing order, new and dropped dims of
+size 1 are views of the packed values. In-place variants give the NestedTensor the new layout.
+Regrouping dims (``view``, ``reshape``, ``flatten``) lives in ``reshape.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from math import prod
 
 import torch
 from torch import Tensor
 
 from .._layout import NestedLayout, inverse_permutation
 from ..nested_tensor import NestedTensor
-from ._packed import batch_dim, element_dim, from_elements, normalize_dim
-from ._registry import check_slow_path, implements, implements_aten
+from ._packed import batch_dim, element_dim, normalize_dim
+from ._registry import implements, implements_aten
 from ._rows import gather_rows
 
 aten = torch.ops.aten
@@ -141,209 +142,6 @@ def unsqueeze_elements(nt: NestedTensor, new: int) -> NestedTensor:
     return nt._rewrap(nt._values.unsqueeze(-1), new_layout)
 
 
-def _unwrap_shape(shape: tuple) -> list[int]:
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
-        return [int(s) for s in shape[0]]
-    return [int(s) for s in shape]
-
-
-def _strip_batch(nt: NestedTensor, shape: list[int]) -> list[int]:
-    """Drop the batch dim from a target shape when the caller included it."""
-    batch_size, position = len(nt), 0 if nt._batch_first else 1
-    max_sizes = nt._layout.max_sizes
-    if len(shape) <= position:
-        return shape
-    included = shape[position] == batch_size and len(shape) != nt.dim()
-    if not included and len(shape) == nt.dim() and shape[position] in (-1, batch_size):
-        rest = shape[:position] + shape[position + 1 :]
-        included = any(size == -1 or size == limit for size, limit in zip(rest, max_sizes))
-    return shape[:position] + shape[position + 1 :] if included else shape
-
-
-def _element_target(target: list[int], element: tuple[int, ...], max_sizes: tuple[int, ...]) -> tuple[int, ...]:
-    """Resolve one element's target shape: sizes equal to a max size mean that element's own size."""
-    resolved, used = list(target), set()
-    for i, size in enumerate(target):
-        if size == -1:
-            continue
-        if i < len(max_sizes) and size == max_sizes[i] and i not in used:
-            resolved[i] = element[i]
-            used.add(i)
-            continue
-        candidates = [j for j, limit in enumerate(max_sizes) if limit == size and j not in used]
-        if len(candidates) == 1:
-            resolved[i] = element[candidates[0]]
-            used.add(candidates[0])
-    numel = prod(element)
-    if resolved.count(-1) == 1:
-        known = prod(s for s in resolved if s != -1)
-        if known and numel % known == 0:
-            resolved[resolved.index(-1)] = numel // known
-    if -1 in resolved or prod(resolved) != numel:
-        raise RuntimeError(f"shape '{target}' is invalid for input of size {numel}")
-    return tuple(resolved)
-
-
-def view_shapes(nt: NestedTensor, shape: tuple) -> list[tuple[int, ...]]:
-    r"""
-    Target shape of every element for ``nt.view(*shape)``.
-
-    ``shape`` may include the batch dim; a size equal to a dim's max size stands for each element's
-    own size along it, and one ``-1`` is inferred per element.
-
-    Examples:
-        >>> nt = NestedTensor([torch.zeros(3, 4), torch.zeros(2, 4)])
-        >>> view_shapes(nt, (2, 3, 2, 2))
-        [(3, 2, 2), (2, 2, 2)]
-        >>> view_shapes(nt, (-1,))
-        [(12,), (8,)]
-    """
-    target = _strip_batch(nt, _unwrap_shape(shape))
-    max_sizes = nt._layout.max_sizes
-    return [_element_target(target, element, max_sizes) for element in nt._layout.element_shapes]
-
-
-def reshape_elements(nt: NestedTensor, shapes: list[tuple[int, ...]], copy: bool = True) -> NestedTensor:
-    """Give every element a new shape (same numel); no copy when elements are stored contiguously."""
-    layout = nt._layout
-    if not shapes:
-        return nt
-    new_layout = NestedLayout.from_shapes(shapes)
-    if layout.is_identity and new_layout.is_identity:
-        values = nt._values
-        new_shape = (new_layout.num_rows, *new_layout.static_sizes) if new_layout.permutation else (len(shapes),)
-        return nt._rewrap(values.reshape(new_shape) if copy else values.view(new_shape), new_layout)
-    check_slow_path("reshape of elements stored in a permuted layout")
-    elements = [t.reshape(s) if copy else t.view(s) for t, s in zip(layout.unpack(nt._values), shapes)]
-    return from_elements(elements, like=nt)
-
-
-@implements_aten(aten.view.default, aten._unsafe_view.default)
-def view(func, args, kwargs) -> NestedTensor:
-    r"""
-    View every element with a new shape (see [`view_shapes`][danling.tensors.ops.shape.view_shapes]).
-
-    Examples:
-        >>> nested_tensor = NestedTensor([torch.tensor([[1, 2], [3, 4]]), torch.tensor([[5, 6], [7, 8]])])
-        >>> viewed = nested_tensor.view(4)  # View each 2x2 tensor as 4
-        >>> viewed.shape
-        torch.Size([2, 4])
-        >>> type(viewed).__name__
-        'NestedTensor'
-    """
-    nt, size = args[0], args[1]
-    return reshape_elements(nt, view_shapes(nt, tuple(size)), copy=func is not aten.view.default)
-
-
-@implements(torch.reshape, Tensor.reshape)
-def reshape(input: NestedTensor, *shape) -> NestedTensor:
-    r"""
-    Reshape every element (copying only when a view is impossible).
-
-    Examples:
-        >>> nested_tensor = NestedTensor([torch.tensor([[1, 2], [3, 4]]), torch.tensor([[5, 6], [7, 8]])])
-        >>> reshaped = nested_tensor.reshape(4)
-        >>> reshaped.shape
-        torch.Size([2, 4])
-    """
-    return reshape_elements(input, view_shapes(input, shape), copy=True)
-
-
-@implements(torch.flatten, Tensor.flatten)
-def flatten(input: NestedTensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
-    r"""
-    Flatten element dims ``start_dim..end_dim``; a range that includes the batch dim flattens ``.tensor``.
-
-    Free (no copy) when the dims sit next to each other in the packing order, which holds for
-    elements stored in row-major order and for runs of static or of ragged dims.
-
-    Examples:
-        >>> NestedTensor([torch.zeros(3, 2, 2), torch.zeros(1, 2, 2)]).flatten(2).shape
-        torch.Size([2, 3, 4])
-    """
-    start, end = normalize_dim(start_dim, input.dim()), normalize_dim(end_dim, input.dim())
-    if start <= batch_dim(input) <= end:
-        return torch.flatten(input.tensor, start, end)
-    return flatten_elements(input, element_dim(input, start), element_dim(input, end))
-
-
-def flatten_elements(nt: NestedTensor, first: int, last: int) -> NestedTensor:
-    """Merge element dims ``first..last`` into one; no copy when they are consecutive in the packing order."""
-    layout = nt._layout
-    if last <= first:
-        return nt
-    run = tuple(range(first, last + 1))
-    shapes = [(*s[:first], prod(s[first : last + 1]), *s[last + 1 :]) for s in layout.element_shapes]
-    position = layout.permutation.index(first)
-    if layout.permutation[position : position + len(run)] != run:
-        return reshape_elements(nt, shapes, copy=True)
-    ragged_in_run = sum(1 for d in run if d in layout.ragged_dims)
-    values = nt._values
-    if ragged_in_run == 0:
-        values = values.flatten(layout.values_dim(first), layout.values_dim(last))
-    elif ragged_in_run < len(run):  # the ragged tail of the rows and the leading static dims of values
-        values = values.flatten(0, len(run) - ragged_in_run)
-    ragged_rank = layout.ragged_rank - ragged_in_run + (1 if ragged_in_run else 0)
-    merged = len(run) - 1
-    permutation = tuple(d if d <= first else d - merged for d in layout.permutation if d not in run[1:])
-    static = tuple(values.shape[1:])
-    return nt._rewrap(values, NestedLayout(tuple(shapes), permutation, ragged_rank, static))
-
-
-def _unflattened_sizes(sizes: list[int], size: int, dim: int) -> list[int]:
-    """``sizes`` with its ``-1`` resolved against an element's ``size``, checked like ``torch.unflatten``."""
-    known = prod(s for s in sizes if s != -1)
-    resolved = list(sizes)
-    if sizes.count(-1) == 1 and known and size % known == 0:
-        resolved[sizes.index(-1)] = size // known
-    if sizes.count(-1) > 1 or prod(resolved) != size or -1 in resolved:
-        raise RuntimeError(
-            f"unflatten: Provided sizes {sizes} don't multiply up to the size of dim {dim} ({size}) in the input tensor"
-        )
-    return resolved
-
-
-@implements_aten(aten.unflatten.int)
-def unflatten(func, args, kwargs) -> NestedTensor:
-    r"""
-    Split element dim ``dim`` into ``sizes``; a ``-1`` is resolved for every element on its own.
-
-    Never copies: a ragged dim becomes several ragged dims over the same rows, a static dim is
-    unflattened in the values.
-
-    Examples:
-        >>> nt = NestedTensor([torch.arange(6), torch.arange(4)])
-        >>> nt.unflatten(1, (-1, 2))
-        NestedTensor([
-            [[0, 1],
-             [2, 3],
-             [4, 5]],
-            [[0, 1],
-             [2, 3]]
-        ])
-    """
-    nt, dim, sizes = args[0], args[1], [int(s) for s in args[2]]
-    if normalize_dim(dim, nt.dim()) == batch_dim(nt):
-        raise ValueError("Cannot unflatten the batch dimension of a NestedTensor.")
-    layout, target = nt._layout, element_dim(nt, dim)
-    shapes = tuple(
-        (*s[:target], *_unflattened_sizes(sizes, s[target], dim), *s[target + 1 :]) for s in layout.element_shapes
-    )
-    added = len(sizes) - 1
-    new_dims = tuple(range(target, target + len(sizes)))
-    permutation: list[int] = []
-    for d in layout.permutation:
-        permutation.extend(new_dims if d == target else (d if d < target else d + added,))
-    values, ragged_rank = nt._values, layout.ragged_rank
-    if target in layout.ragged_dims:
-        ragged_rank += added
-    else:
-        values = values.unflatten(
-            layout.values_dim(target), _unflattened_sizes(sizes, values.shape[layout.values_dim(target)], dim)
-        )
-    return nt._rewrap(values, NestedLayout(shapes, tuple(permutation), ragged_rank, tuple(values.shape[1:])))
-
-
 def squeeze_elements(nt: NestedTensor, dims: Sequence[int]) -> NestedTensor:
     """Drop element ``dims`` (size 1 in every element) without copying."""
     layout = nt._layout
@@ -462,3 +260,101 @@ def expand(func, args, kwargs) -> NestedTensor:
 def unbind(input: NestedTensor, dim: int = 0) -> tuple[Tensor, ...]:
     """``torch.unbind(nt)``: views of the elements (batch dim only)."""
     return input.unbind(dim)
+
+
+@implements_aten(aten.unbind.int, aten.unbind_copy.int)
+def unbind_aten(func, args, kwargs) -> list:
+    r"""
+    ``aten.unbind`` (reached from decompositions): copies of the elements, or slices along a static dim.
+
+    Along a static element dim every slice is a NestedTensor (a view of the values); ragged dims raise.
+
+    Examples:
+        >>> nt = NestedTensor([torch.tensor([[1, 2], [3, 4], [5, 6]]), torch.tensor([[7, 8]])])
+        >>> [piece.tolist() for piece in torch.ops.aten.unbind.int(nt, 2)]
+        [[[1, 3, 5], [7]], [[2, 4, 6], [8]]]
+    """
+    nt, dim = args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    if normalize_dim(dim, nt.dim()) == batch_dim(nt):
+        return [element.clone() for element in nt._layout.unpack(nt._values)]
+    layout, target = nt._layout, element_dim(nt, dim)
+    if target in layout.ragged_dims:
+        raise NotImplementedError(
+            f"Cannot unbind dim {dim} of a NestedTensor: its size varies across elements (only the batch dim and "
+            "static dims unbind)"
+        )
+    shapes = [tuple(s for d, s in enumerate(shape) if d != target) for shape in layout.element_shapes]
+    renumber = [d - (d > target) for d in range(layout.rank)]
+    permutation = tuple(renumber[d] for d in layout.permutation if d != target)
+    static = tuple(s for d, s in zip(layout.static_dims, layout.static_sizes) if d != target)
+    new_layout = NestedLayout(tuple(shapes), permutation, layout.ragged_rank, static)
+    return [nt._rewrap(piece, new_layout) for piece in nt._values.unbind(layout.values_dim(target))]
+
+
+def _transposed(nt: NestedTensor, name: str) -> NestedTensor:
+    """``nt.T``/``mT``/``H``/``mH`` of every element (the batch dim stays)."""
+    rank = nt._layout.rank
+    if (name in ("H", "mH", "mT") and rank < 2) or (name == "H" and rank != 2):
+        kind = "matrices (2-D tensors)" if name == "H" else "matrices or batches of matrices"
+        raise RuntimeError(f"tensor.{name} is only supported on {kind}. Got {rank}-D elements.")
+    order = list(range(rank))
+    if name == "T":
+        order.reverse()
+    elif rank >= 2:
+        order[-2], order[-1] = order[-1], order[-2]
+    result = permute_elements(nt, order)
+    return result.conj() if name in ("H", "mH") and result.is_complex() else result
+
+
+def _register_transposes() -> None:
+    for name in ("T", "mT", "H", "mH"):
+        implements(getattr(Tensor, name).__get__)(lambda input, name=name: _transposed(input, name))
+
+
+_register_transposes()
+
+
+def _in_place(nt: NestedTensor, result: NestedTensor) -> NestedTensor:
+    """Make ``nt`` the (shape-changed) ``result``, as in-place shape ops do."""
+    nt._batch_first = result._batch_first
+    nt._replace_packed(result._values, result._layout)
+    return nt
+
+
+@implements_aten(
+    aten.transpose_.default,
+    aten.t_.default,
+    aten.squeeze_.default,
+    aten.squeeze_.dim,
+    aten.squeeze_.dims,
+    aten.unsqueeze_.default,
+    aten.swapdims_.default,
+    aten.swapaxes_.default,
+)
+def shape_in_place(func, args, kwargs) -> NestedTensor:
+    r"""
+    In-place shape ops (``nt.transpose_(1, 2)``, ``nt.t_()``, ``nt.squeeze_()``...): the NestedTensor takes the new layout.
+
+    ``t_`` transposes every element (of at most 2 dims), as it would each element alone.
+
+    Examples:
+        >>> nt = NestedTensor([torch.zeros(3, 4), torch.zeros(2, 4)])
+        >>> nt.t_().shape
+        torch.Size([2, 4, 3])
+    """
+    nt = args[0]
+    if func is aten.t_.default:
+        if nt._layout.rank > 2:
+            raise RuntimeError(f"t_() expects elements with <= 2 dimensions, but they have {nt._layout.rank}")
+        return _in_place(nt, _transposed(nt, "T"))
+    out_of_place = {
+        aten.transpose_.default: aten.transpose.int,
+        aten.swapdims_.default: aten.transpose.int,
+        aten.swapaxes_.default: aten.transpose.int,
+        aten.squeeze_.default: aten.squeeze.default,
+        aten.squeeze_.dim: aten.squeeze.dim,
+        aten.squeeze_.dims: aten.squeeze.dims,
+        aten.unsqueeze_.default: aten.unsqueeze.default,
+    }[func]
+    handler = {aten.transpose.int: transpose, aten.unsqueeze.default: unsqueeze}.get(out_of_place, squeeze)
+    return _in_place(nt, handler(out_of_place, args, kwargs))

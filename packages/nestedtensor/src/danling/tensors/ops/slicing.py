@@ -19,7 +19,8 @@ from torch import Tensor
 from .._layout import NestedLayout
 from ..nested_tensor import NestedTensor
 from ._arguments import bind
-from ._packed import batch_dim, element_dim, normalize_dim
+from ._fallback import per_element_fallback
+from ._packed import batch_dim, element_dim, is_nested, normalize_dim
 from ._registry import implements_aten
 from ._rows import gather_rows
 from .indexing import select_elements
@@ -259,4 +260,34 @@ def tensor_split(func, args, kwargs) -> list[NestedTensor]:
     ]
 
 
-__all__ = ["chunk", "cut", "narrow", "slice_", "split", "split_with_sizes", "tensor_split"]
+@implements_aten(aten.diff.default)
+def diff(func, args, kwargs) -> NestedTensor:
+    r"""
+    ``torch.diff(nt, n, dim)``: differences of neighbours inside every element, two cuts and one subtraction.
+
+    NestedTensor ``prepend``/``append`` are joined first; dense ones run element by element.
+
+    Examples:
+        >>> NestedTensor([[1, 4, 9, 16], [2, 3]]).diff()
+        NestedTensor([
+            [3, 5, 7],
+            [1]
+        ])
+    """
+    bound = bind(func, args, kwargs)
+    nt, dim, prepend, append = bound["self"], bound["dim"], bound["prepend"], bound["append"]
+    if normalize_dim(dim, nt.dim()) == batch_dim(nt):
+        raise ValueError("Cannot diff along the batch dimension of a NestedTensor: its elements differ in shape")
+    extra = [t for t in (prepend, append) if t is not None]
+    if any(not is_nested(t) for t in extra):
+        return per_element_fallback(func, args, kwargs)
+    if extra:
+        nt = torch.cat([t for t in (prepend, nt, append) if t is not None], dim)
+    for _ in range(bound["n"]):
+        later = cut(nt, dim, lambda size: (min(1, size), max(size - 1, 0)), ("diff", 1))
+        earlier = cut(nt, dim, lambda size: (0, max(size - 1, 0)), ("diff", 0))
+        nt = torch.logical_xor(later, earlier) if nt.dtype == torch.bool else later - earlier
+    return nt
+
+
+__all__ = ["chunk", "cut", "diff", "narrow", "slice_", "split", "split_with_sizes", "tensor_split"]
