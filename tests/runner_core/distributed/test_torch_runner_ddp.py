@@ -88,10 +88,24 @@ def _accumulated_steps(rank, world_size, root):
     return state, torch.allclose(weight, reference.weight.detach(), atol=1e-6), checkpoint_dir
 
 
+def _owned_group(rank, world_size, root):
+    """A runner launched like ``torchrun`` (environment only) starts the process group and tears it down."""
+    torch.distributed.destroy_process_group()
+    inputs, targets = torch.randn(8, 2), torch.randn(8, 1)
+    config = _config(root, backend="gloo")
+    runner = SeededRunner(config, TensorDataset(inputs, targets), _linear(2, 1), nn.MSELoss())
+    started = runner.owns_process_group and torch.distributed.is_initialized()
+    runner.train()
+    timestamps = [None] * world_size
+    torch.distributed.all_gather_object(timestamps, runner.timestamp)
+    runner.close()
+    return started, not torch.distributed.is_initialized(), len(set(timestamps)) == 1
+
+
 def _both(rank, world_size, root):
-    return _weighted_step(rank, world_size, os.path.join(root, "weighted")), _accumulated_steps(
-        rank, world_size, os.path.join(root, "accumulated")
-    )
+    weighted = _weighted_step(rank, world_size, os.path.join(root, "weighted"))
+    accumulated = _accumulated_steps(rank, world_size, os.path.join(root, "accumulated"))
+    return weighted, accumulated, _owned_group(rank, world_size, os.path.join(root, "owned"))
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +116,7 @@ def ddp_results(tmp_path_factory):
 
 @pytest.mark.timeout(300)
 def test_loss_normalizers_weigh_ranks_by_their_valid_items(ddp_results):
-    results = [weighted for weighted, _ in ddp_results]
+    results = [weighted for weighted, _, _ in ddp_results]
     assert [matches for matches, _, _ in results] == [True, True]
     assert torch.equal(results[0][1], results[1][1])
     assert results[0][2] == pytest.approx(results[1][2])  # the loss meter is averaged over ranks
@@ -110,9 +124,14 @@ def test_loss_normalizers_weigh_ranks_by_their_valid_items(ddp_results):
 
 @pytest.mark.timeout(300)
 def test_accumulation_with_no_sync_and_a_partial_window_matches_the_global_mean(ddp_results):
-    results = [accumulated for _, accumulated in ddp_results]
+    results = [accumulated for _, accumulated, _ in ddp_results]
     assert [state for state, _, _ in results] == [(2, 4), (2, 4)]
     assert [matches for _, matches, _ in results] == [True, True]
     checkpoint_dir = results[0][2]
     assert results[1][2] == checkpoint_dir  # both ranks agree on the run directory
     assert "latest.pth" in os.listdir(checkpoint_dir)  # written once, by rank 0
+
+
+@pytest.mark.timeout(300)
+def test_runner_owns_a_process_group_it_started(ddp_results):
+    assert [owned for _, _, owned in ddp_results] == [(True, True, True)] * 2
