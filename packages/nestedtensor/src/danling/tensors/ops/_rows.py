@@ -16,6 +16,7 @@ Layouts with the same permutation but fewer ragged dims are converted for free:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from math import prod
 
 import torch
 from torch import Tensor
@@ -122,6 +123,62 @@ def with_ragged_rank(nt: NestedTensor, ragged_rank: int) -> tuple[Tensor, Nested
     return values, new_layout
 
 
+def row_major_index(layout: NestedLayout, device: torch.device) -> Tensor:
+    r"""
+    Position in ``values.flatten()`` of every value, listed element by element in row-major order (cached).
+
+    Examples:
+        >>> layout = NestedLayout.from_shapes([(2, 3), (2, 1)])  # dim 1 ragged, dim 0 static: permuted
+        >>> row_major_index(layout, torch.device("cpu"))
+        tensor([0, 2, 4, 1, 3, 5, 6, 7])
+    """
+
+    def build(device: torch.device) -> Tensor:
+        if not layout.permutation:
+            return torch.arange(layout.batch_size, device=device)
+        numels = torch.tensor([prod(shape) for shape in layout.element_shapes], dtype=torch.long)
+        total = int(numels.sum())
+        batch = torch.repeat_interleave(
+            torch.arange(layout.batch_size, device=device), layout.to_device(numels, device), output_size=total
+        )
+        starts = layout.to_device(numels.cumsum(0) - numels, device)
+        local = torch.arange(total, device=device) - starts[batch]
+        sizes = layout.sizes_on(device)
+        coordinates: list[Tensor] = [local] * layout.rank
+        for dim in reversed(range(layout.rank)):
+            size = sizes[:, dim][batch]
+            coordinates[dim] = local % size
+            local = torch.div(local, size, rounding_mode="floor")
+        rows = row_index(layout, batch, [coordinates[d] for d in layout.ragged_dims], device)
+        index, step = rows * prod(layout.static_sizes), 1
+        for dim, size in zip(reversed(layout.static_dims), reversed(layout.static_sizes)):
+            index, step = index + coordinates[dim] * step, step * size
+        return index
+
+    return layout._cached("rows.row_major", device, build)
+
+
+def row_major_values(nt: NestedTensor) -> Tensor:
+    """Every element's values in row-major order, one element after the other (1-D; a view when the layout allows)."""
+    layout, values = nt._layout, nt._values
+    if layout.is_identity:
+        return values.reshape(-1)
+    return values.reshape(-1).index_select(0, row_major_index(layout, values.device))
+
+
+def from_row_major(flat: Tensor, layout: NestedLayout) -> Tensor:
+    """Values of ``layout`` from its elements in row-major order (the inverse of ``row_major_values``)."""
+    shape = (layout.num_rows, *layout.static_sizes) if layout.permutation else (layout.batch_size,)
+    if layout.is_identity:
+        return flat.reshape(shape)
+
+    def build(device: torch.device) -> Tensor:
+        index = row_major_index(layout, device)
+        return torch.empty_like(index).index_copy_(0, index, torch.arange(index.numel(), device=device))
+
+    return flat.index_select(0, layout._cached("rows.from_row_major", flat.device, build)).reshape(shape)
+
+
 def is_uniform(layout: NestedLayout) -> bool:
     """Whether every element has the same shape (the values are then a dense tensor in disguise)."""
     shapes = layout.element_shapes
@@ -155,6 +212,7 @@ def repack(nt: NestedTensor, permutation: tuple[int, ...], ragged_rank: int) -> 
 
 
 __all__ = [
+    "from_row_major",
     "gather_rows",
     "is_uniform",
     "ragged_sizes",
@@ -162,5 +220,7 @@ __all__ = [
     "repack",
     "row_coordinates",
     "row_index",
+    "row_major_index",
+    "row_major_values",
     "with_ragged_rank",
 ]

@@ -116,8 +116,8 @@ def roll(func, args, kwargs) -> NestedTensor:
     r"""
     ``torch.roll(nt, shifts, dims)``: roll every element; without dims, each element rolls as if flattened.
 
-    Rolling the batch dim rotates the order of the elements. Without dims, elements stored in a
-    permuted layout are flattened one by one (a slow path); the others roll in one gather.
+    Rolling the batch dim rotates the order of the elements. Without dims, every element rolls in
+    row-major order: one gather (three when the layout is permuted).
 
     Examples:
         >>> nt = NestedTensor([[1, 2, 3], [4, 5]])

@@ -17,6 +17,7 @@ from .._layout import NestedLayout
 from ..nested_tensor import NestedTensor
 from ._packed import batch_dim, element_dim, from_elements, normalize_dim
 from ._registry import check_slow_path, implements, implements_aten
+from ._rows import from_row_major, row_major_values
 
 aten = torch.ops.aten
 
@@ -84,7 +85,14 @@ def view_shapes(nt: NestedTensor, shape: tuple) -> list[tuple[int, ...]]:
 
 
 def reshape_elements(nt: NestedTensor, shapes: list[tuple[int, ...]], copy: bool = True) -> NestedTensor:
-    """Give every element a new shape (same numel); no copy when elements are stored contiguously."""
+    r"""
+    Give every element a new shape (same numel).
+
+    No copy when elements are stored in row-major order on both sides; otherwise (say images stored
+    channels-last in the values) one gather brings the values to row-major order and one gather
+    packs them for the new shapes. ``copy=False`` (``view``) of a permuted layout views every element
+    on its own, which torch allows only where its strides do (a documented slow path).
+    """
     layout = nt._layout
     if not shapes:
         return nt
@@ -93,9 +101,10 @@ def reshape_elements(nt: NestedTensor, shapes: list[tuple[int, ...]], copy: bool
         values = nt._values
         new_shape = (new_layout.num_rows, *new_layout.static_sizes) if new_layout.permutation else (len(shapes),)
         return nt._rewrap(values.reshape(new_shape) if copy else values.view(new_shape), new_layout)
-    check_slow_path("reshape of elements stored in a permuted layout")
-    elements = [t.reshape(s) if copy else t.view(s) for t, s in zip(layout.unpack(nt._values), shapes)]
-    return from_elements(elements, like=nt)
+    if not copy:
+        check_slow_path("view of elements stored in a permuted layout")
+        return from_elements([t.view(s) for t, s in zip(layout.unpack(nt._values), shapes)], like=nt)
+    return nt._rewrap(from_row_major(row_major_values(nt), new_layout), new_layout)
 
 
 @implements_aten(aten.view.default, aten._unsafe_view.default)
