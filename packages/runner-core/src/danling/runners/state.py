@@ -25,14 +25,6 @@ import torch
 from .config import RunnerConfig
 
 try:
-    from torch.distributed.checkpoint.stateful import Stateful as _StatefulBase
-except ImportError:  # pragma: no cover - torch built without distributed support
-
-    class _StatefulBase:  # type: ignore[no-redef]
-        """Fallback for torch builds without ``torch.distributed``."""
-
-
-try:
     import numpy
 except ImportError:  # pragma: no cover - numpy is optional
     numpy = None  # type: ignore[assignment]
@@ -159,7 +151,7 @@ _STATE_SECTIONS = ("train", "elastic", "rng")
 
 
 @dataclass
-class RunnerState(_StatefulBase):
+class RunnerState:
     r"""
     Everything about a run's progress that a checkpoint stores besides model and optimizer.
 
