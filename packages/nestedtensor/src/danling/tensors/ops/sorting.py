@@ -204,13 +204,13 @@ def _doubling_scan(values: Tensor | tuple, position: Tensor, longest: int, combi
 
 
 def _extremum(larger: bool) -> Callable:
-    """Combine two running (max or min, index) pairs: the later one wins ties, a NaN seen first sticks."""
+    """Combine two running (max or min, index) pairs as torch does: the later wins ties, and NaN beats numbers."""
 
     def combine(earlier: tuple[Tensor, Tensor], later: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         (first, first_index), (second, second_index) = earlier, later
         take = second >= first if larger else second <= first
         if first.is_floating_point() or first.is_complex():
-            take = ~torch.isnan(first) & (torch.isnan(second) | take)
+            take = torch.isnan(second) | (~torch.isnan(first) & take)
         return torch.where(take, second, first), torch.where(take, second_index, first_index)
 
     return combine
