@@ -1,200 +1,146 @@
-"""Reductions: ``sum``, ``mean``, ``prod``, ``all``, ``any``, ``amax``, ``amin`` (and global ``max``/``min``), ``equal``.
+r"""
+Reductions: ``sum``, ``mean``, ``prod``, ``all``, ``any``, ``amax``/``amin``, ``max``/``min``, ``argmax``/``argmin``,
+``aminmax``, ``std``/``var`` (and ``*_mean``), ``norm``, ``logsumexp``, ``nansum``/``nanmean``, ``count_nonzero``,
+plus ``equal`` and ``allclose``.
 
-Semantics, with dims in NestedTensor coordinates:
+Semantics, with dims in NestedTensor coordinates (negative dims count from the end of ``nt.shape``):
 
 - no dim (or every dim): one value over the real data, padding never counts;
-- the batch dim alone: one full reduction per element, shape ``(B,)``;
+- the batch dim alone: one full reduction per element, shape ``(B,)`` (``keepdim`` unsqueezes the
+  batch dim: ``(1, B)``, or ``(B, 1)`` when ``batch_first=False``);
 - element dims only: the reduction inside every element; a dense tensor when every result has the
-  same shape, otherwise a NestedTensor;
-- the batch dim with some element dims: reduced over the padded tensor, padding filled with the
-  op's identity (``mean`` divides by the number of real values).
+  same shape, a NestedTensor otherwise;
+- the batch dim with some element dims: the reduction of the padded tensor over those dims with
+  padding left out (``mean`` divides by the number of real values at each position).
 
-Every case is vectorised: static dims reduce on the packed values directly, ragged dims through one
-``scatter_reduce`` of the rows into their target slots.
+``argmax``/``argmin`` and ``max``/``min`` with a dim give the index along that dim (the first one
+among ties, NaN counting as the largest like in torch); along the batch dim, the index into the
+flattened element; with no dim (``argmax`` only), the index into the flattened padded tensor,
+so ``torch.unravel_index(i, nt.shape)`` finds it. Empty elements reduce to the op's identity
+(``0`` for ``sum``, ``-inf`` for ``amax``, NaN for ``mean``).
+
+Every case is vectorised (``_segments.py``): static dims reduce on the packed values directly,
+ragged dims through one ``index_add``/``scatter_reduce`` of the rows into their slots, so gradients
+reach the source tensors through ordinary autograd.
 """
 
 from __future__ import annotations
 
-from math import prod
+from collections.abc import Callable
+from math import inf, prod
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._layout import NestedLayout
-from .._padding import to_padded
 from ..nested_tensor import NestedTensor
-from ._packed import batch_dim, dims_argument, element_dim, normalize_dim, same_layout
+from ._packed import batch_dim, dims_argument, normalize_dim, same_layout
 from ._registry import implements_aten
+from ._segments import ReductionPlan, flat_index, identity, plan_reduction, reduce_static
 
 aten = torch.ops.aten
+_LAST = torch.iinfo(torch.int64).max
 
-_IDENTITY = {"sum": 0, "mean": 0, "prod": 1, "amax": -float("inf"), "amin": float("inf"), "all": 1, "any": 0}
-_SCATTER = {"sum": "sum", "mean": "sum", "prod": "prod", "amax": "amax", "amin": "amin", "all": "amin", "any": "amax"}
+
+# ---------------------------------------------------------------------------- arguments and dims
+
+
+def _arg(args: tuple, kwargs: dict, position: int, name: str, default: Any = None) -> Any:
+    return args[position] if len(args) > position else kwargs.get(name, default)
+
+
+def _dims(nt: NestedTensor, dim: Any) -> list[int] | None:
+    """Sorted logical dims to reduce, or ``None`` for all of them."""
+    dims = dims_argument(dim)
+    if dims is None:
+        return None
+    ndim = nt.dim()
+    dims = sorted({normalize_dim(d, ndim) for d in dims})
+    return None if len(dims) == ndim else dims
+
+
+def _global_shape(result: Tensor, nt: NestedTensor, keepdim: bool) -> Tensor:
+    return result.reshape((1,) * nt.dim()) if keepdim else result
 
 
 def _prepare(values: Tensor, op: str, dtype: torch.dtype | None) -> Tensor:
-    """Cast values the way the dense op would (ints sum in int64, bools reduce as 0/1)."""
+    """Cast the values the way the dense op would (integers sum in int64, booleans reduce as 0/1)."""
     if dtype is not None:
         return values.to(dtype)
     if op in ("all", "any"):
         return values.bool().to(torch.uint8)
-    if op == "mean" and not (values.is_floating_point() or values.is_complex()):
+    floating = values.is_floating_point() or values.is_complex()
+    if op in ("mean", "nanmean") and not floating:
         raise RuntimeError(
-            "mean(): could not infer output dtype. Input dtype must be either a floating point or complex dtype. "
+            f"{op}(): could not infer output dtype. Input dtype must be either a floating point or complex dtype. "
             f"Got: {str(values.dtype).removeprefix('torch.').capitalize()}"
         )
-    if op in ("sum", "prod") and not (values.is_floating_point() or values.is_complex()):
+    if op in ("sum", "prod", "nansum") and not floating:
         return values.to(torch.int64)
     return values
 
 
-def _identity(op: str, dtype: torch.dtype) -> float | int:
-    """Value that does not change the reduction (the fill of empty slots and padding)."""
-    if op in ("amax", "amin") and not (dtype.is_floating_point or dtype.is_complex):
-        info = torch.iinfo(dtype)
-        return info.min if op == "amax" else info.max
-    return _IDENTITY[op]
+# ---------------------------------------------------------------------------- sum, mean, prod, extremes, all, any
+
+_SEGMENT_OP = {"sum": "sum", "nansum": "sum", "mean": "sum", "prod": "prod", "amax": "amax", "amin": "amin"}
+_SEGMENT_OP.update({"all": "amin", "any": "amax", "count_nonzero": "sum"})
 
 
-def _finish(result: Tensor, op: str) -> Tensor:
-    return result.bool() if op in ("all", "any") else result
-
-
-def _reduce_dims(tensor: Tensor, op: str, dims: list[int], keepdim: bool) -> Tensor:
-    """Dense reduction of ``tensor`` over ``dims`` (``prod`` only takes one dim at a time)."""
-    if not dims:
-        return tensor
-    if op in ("sum", "mean"):
-        return tensor.sum(dims, keepdim=keepdim)
-    if op in ("amax", "all"):
-        return tensor.amin(dims, keepdim=keepdim) if op == "all" else tensor.amax(dims, keepdim=keepdim)
-    if op in ("amin", "any"):
-        return tensor.amax(dims, keepdim=keepdim) if op == "any" else tensor.amin(dims, keepdim=keepdim)
-    for dim in sorted(dims, reverse=True):
-        tensor = tensor.prod(dim, keepdim=keepdim)
-    return tensor
-
-
-def _scatter_rows(rows: Tensor, index: Tensor, size: int, op: str) -> Tensor:
-    """Reduce ``rows`` into ``size`` slots by ``index``; empty slots hold the identity."""
-    out = rows.new_full((size, *rows.shape[1:]), _identity(op, rows.dtype))
-    expanded = index.view(-1, *(1,) * (rows.dim() - 1)).expand_as(rows)
-    return out.scatter_reduce(0, expanded, rows, reduce=_SCATTER[op], include_self=False)
-
-
-def _counts(sizes: list[int], like: Tensor) -> Tensor:
-    counts = torch.tensor(sizes, dtype=like.dtype if like.is_floating_point() else torch.float32)
-    return counts.to(like.device, non_blocking=True).view(-1, *(1,) * (like.dim() - 1))
-
-
-def _global(nt: NestedTensor, op: str, keepdim: bool, dtype: torch.dtype | None) -> Tensor:
-    values = _prepare(nt._values, op, dtype)
-    result = values.mean() if op == "mean" else _finish(_reduce_dims(values.reshape(-1), op, [0], False), op)
-    return result.reshape((1,) * nt.dim()) if keepdim else result
-
-
-def _per_element(nt: NestedTensor, op: str, keepdim: bool, dtype: torch.dtype | None) -> Tensor:
-    layout = nt._layout
-    values = _prepare(nt._values, op, dtype)
-    rows = values.reshape(values.shape[0], -1) if values.dim() > 1 else values.unsqueeze(1)
-    rows = _reduce_dims(rows, op, [1], False)
-    result = _scatter_rows(rows, layout.row_batch_index(rows.device), layout.batch_size, op)
-    if op == "mean":
-        result = result / _counts([prod(shape) for shape in layout.element_shapes], result).squeeze(-1)
-    result = _finish(result, op)
-    return result.unsqueeze(batch_dim(nt)) if keepdim else result
-
-
-def _over_padding(nt: NestedTensor, op: str, dims: list[int], keepdim: bool, dtype: torch.dtype | None) -> Tensor:
-    layout, batch = nt._layout, batch_dim(nt)
-    leading = [0 if d == batch else 1 + element_dim(nt, d) for d in dims]
-    values = _prepare(nt._values, op, dtype)
-    padded = to_padded(layout, values, _identity(op, values.dtype))
-    result = _reduce_dims(padded, op, leading, keepdim)
-    if op == "mean":
-        count = layout.valid_mask(padded.device).sum(leading, keepdim=keepdim)
-        result = result / count
-    result = _finish(result, op)
-    return result.movedim(0, 1) if keepdim and batch == 1 else result
-
-
-def _reduced_layout(layout: NestedLayout, dims: set[int], keepdim: bool) -> tuple[NestedLayout, list[int]]:
-    """Layout after reducing element ``dims``, and the order of the remaining dims (for rank-0 ragged)."""
-    shapes = [tuple(1 if d in dims else s for d, s in enumerate(shape)) for shape in layout.element_shapes]
-    static_sizes = tuple(1 if d in dims else s for d, s in zip(layout.static_dims, layout.static_sizes))
-    if keepdim:
-        return NestedLayout(tuple(shapes), layout.permutation, layout.ragged_rank, static_sizes), []
-    renumber = {d: i for i, d in enumerate(d for d in range(layout.rank) if d not in dims)}
-    shapes = tuple(tuple(s for d, s in enumerate(shape) if d not in dims) for shape in shapes)
-    ragged = [renumber[d] for d in layout.ragged_dims if d not in dims]
-    static = [renumber[d] for d in layout.static_dims if d not in dims]
-    kept_sizes = tuple(s for d, s in zip(layout.static_dims, static_sizes) if d not in dims)
-    return NestedLayout(shapes, (*ragged, *static), len(ragged), kept_sizes), static
-
-
-def _target_rows(layout: NestedLayout, reduced: NestedLayout, dims: set[int], device: torch.device) -> Tensor:
-    """Row of ``reduced`` that each row of ``layout`` folds into (row-major over the kept ragged dims)."""
-    batch, *coordinates = layout.row_coordinates(device)
-    target = layout.to_device(torch.tensor(reduced.starts[:-1], dtype=torch.long), device)[batch]
-    sizes = layout.sizes_on(device)[batch]
-    stride = torch.ones_like(batch)
-    for dim, coordinate in reversed(list(zip(layout.ragged_dims, coordinates))):
-        if dim not in dims:
-            target = target + coordinate * stride
-            stride = stride * sizes[:, dim]
-    return target
-
-
-def _inside_elements(nt: NestedTensor, op: str, dims: set[int], keepdim: bool, dtype: torch.dtype | None) -> Tensor:
-    layout = nt._layout
-    values = _prepare(nt._values, op, dtype)
-    values = _reduce_dims(values, op, [layout.values_dim(d) for d in layout.static_dims if d in dims], True)
-    reduced, static_order = _reduced_layout(layout, dims, keepdim)
-    if any(d in dims for d in layout.ragged_dims):
-        values = _scatter_rows(values, _target_rows(layout, reduced, dims, values.device), reduced.num_rows, op)
-    if op == "mean":
-        counts = _counts([prod(shape[d] for d in dims) for shape in layout.element_shapes], values)
-        values = values / counts[reduced.row_batch_index(values.device)]
-    values = _finish(values, op).reshape(values.shape[0], *reduced.static_sizes)
-    if not reduced.ragged_rank:  # every element is one row: results share a shape
-        return values.permute(0, *(1 + static_order.index(d) for d in range(reduced.rank)))
-    if len(set(reduced.element_shapes)) == 1:
-        return to_padded(reduced, values, 0)
-    return nt._rewrap(values, reduced)
-
-
-def reduce(nt: NestedTensor, op: str, dim=None, keepdim: bool = False, dtype: torch.dtype | None = None) -> Tensor:
+def reduce(nt: NestedTensor, op: str, dim: Any = None, keepdim: bool = False, dtype: torch.dtype | None = None):
     r"""
     Reduce ``nt`` with ``op`` over ``dim`` following the semantics in this module's docstring.
+
+    ``op`` is one of ``sum``, ``mean``, ``prod``, ``amax``, ``amin``, ``all``, ``any``, ``nansum``,
+    ``count_nonzero``.
 
     Examples:
         >>> nt = NestedTensor([[1.0, 2.0, 3.0], [4.0, 5.0]])
         >>> reduce(nt, "mean"), reduce(nt, "mean", dim=0), reduce(nt, "amax", dim=1)
         (tensor(3.), tensor([2.0000, 4.5000]), tensor([3., 5.]))
     """
-    dims = dims_argument(dim)
-    ndim = nt.dim()
-    if dims is not None:
-        dims = sorted({normalize_dim(d, ndim) for d in dims})
-    batch = batch_dim(nt)
+    values = _prepare(nt._values, op, dtype)
+    if op == "nansum" and values.is_floating_point():
+        values = torch.where(values.isnan(), 0, values)
+    elif op == "count_nonzero":
+        values = (values != 0).to(torch.int64)
+    dims = _dims(nt, dim)
     if dims is None:
-        return _global(nt, op, keepdim, dtype)
-    if dims == [batch]:
-        return _per_element(nt, op, keepdim, dtype)
-    if len(dims) == ndim:
-        return _global(nt, op, keepdim, dtype)
-    if batch in dims:
-        return _over_padding(nt, op, dims, keepdim, dtype)
-    return _inside_elements(nt, op, {element_dim(nt, d) for d in dims}, keepdim, dtype)
+        result = values.mean() if op == "mean" else _everything(values, _SEGMENT_OP[op])
+    else:
+        plan = plan_reduction(nt, dims)
+        result = plan.reduce(values, _SEGMENT_OP[op])
+        if op == "mean":
+            result = result / plan.count(result)
+        result = plan.finish(result, keepdim, nt)
+    if op in ("all", "any"):
+        result = result.bool()
+    return _global_shape(result, nt, keepdim) if dims is None else result
 
 
-def _arguments(args: tuple, kwargs: dict) -> tuple:
-    dim = args[1] if len(args) > 1 else kwargs.get("dim")
-    keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
-    return dim, keepdim, kwargs.get("dtype")
+def _everything(values: Tensor, op: str) -> Tensor:
+    """``op`` over all ``values`` (the identity when there are none)."""
+    if values.numel() == 0:
+        return values.new_full((), identity(op, values.dtype))
+    return reduce_static(values.reshape(-1), op, (0,)).reshape(())
 
 
-@implements_aten(aten.sum.default, aten.sum.dim_IntList)
+def _call(op: str, args: tuple, kwargs: dict, dtype_argument: bool = True) -> Tensor:
+    dtype = kwargs.get("dtype") if dtype_argument else None
+    if len(args) == 1 and "dim" not in kwargs:  # the ``.default`` overloads: over everything
+        return reduce(args[0], op, None, False, dtype)
+    return reduce(args[0], op, _arg(args, kwargs, 1, "dim"), _arg(args, kwargs, 2, "keepdim", False), dtype)
+
+
+def _simple(op: str, dtype_argument: bool = True) -> Callable:
+    def handler(func, args, kwargs):
+        return _call(op, args, kwargs, dtype_argument)
+
+    handler.__name__ = handler.__qualname__ = op
+    handler.__doc__ = f"``{op}`` over real values (see the module docstring for what each ``dim`` means)."
+    return handler
+
+
+@implements_aten(aten.sum.default, aten.sum.dim_IntList, compile_safe=True)
 def sum_(func, args, kwargs) -> Tensor:
     r"""
     Sum over real values (see the module docstring for what each ``dim`` means).
@@ -214,30 +160,10 @@ def sum_(func, args, kwargs) -> Tensor:
         >>> nested_tensor.sum(dtype=torch.float32)
         tensor(15.)
     """
-    return reduce(args[0], "sum", *_arguments(args, kwargs))
+    return _call("sum", args, kwargs)
 
 
-@implements_aten(aten.mean.default, aten.mean.dim)
-def mean(func, args, kwargs) -> Tensor:
-    """Mean over real values; an element's mean divides by its own size."""
-    return reduce(args[0], "mean", *_arguments(args, kwargs))
-
-
-@implements_aten(aten.prod.default, aten.prod.dim_int)
-def prod_(func, args, kwargs) -> Tensor:
-    """Product over real values."""
-    return reduce(args[0], "prod", *_arguments(args, kwargs))
-
-
-@implements_aten(aten.amax.default, aten.amin.default, aten.max.default, aten.min.default)
-def extreme(func, args, kwargs) -> Tensor:
-    """``amax``/``amin`` over dims, and the global ``max()``/``min()``."""
-    op = "amax" if func in (aten.amax.default, aten.max.default) else "amin"
-    dim, keepdim, _ = _arguments(args, kwargs)
-    return reduce(args[0], op, dim, keepdim)
-
-
-@implements_aten(aten.all.default, aten.all.dim, aten.all.dims)
+@implements_aten(aten.all.default, aten.all.dim, aten.all.dims, compile_safe=True)
 def all_(func, args, kwargs) -> Tensor:
     r"""
     Whether every real value is true.
@@ -271,11 +197,10 @@ def all_(func, args, kwargs) -> Tensor:
         >>> nested_tensor.all(dim=-2)
         tensor([True, True])
     """
-    dim, keepdim, _ = _arguments(args, kwargs)
-    return reduce(args[0], "all", dim, keepdim)
+    return _call("all", args, kwargs, dtype_argument=False)
 
 
-@implements_aten(aten.any.default, aten.any.dim, aten.any.dims)
+@implements_aten(aten.any.default, aten.any.dim, aten.any.dims, compile_safe=True)
 def any_(func, args, kwargs) -> Tensor:
     r"""
     Whether some real value is true.
@@ -287,8 +212,249 @@ def any_(func, args, kwargs) -> Tensor:
         >>> nested_tensor.any(dim=0)
         tensor([False,  True])
     """
-    dim, keepdim, _ = _arguments(args, kwargs)
-    return reduce(args[0], "any", dim, keepdim)
+    return _call("any", args, kwargs, dtype_argument=False)
+
+
+mean = implements_aten(aten.mean.default, aten.mean.dim, compile_safe=True)(_simple("mean"))
+prod_ = implements_aten(aten.prod.default, aten.prod.dim_int, compile_safe=True)(_simple("prod"))
+nansum = implements_aten(aten.nansum.default, compile_safe=True)(_simple("nansum"))
+amax = implements_aten(aten.amax.default, aten.max.default, compile_safe=True)(_simple("amax", False))
+amin = implements_aten(aten.amin.default, aten.min.default, compile_safe=True)(_simple("amin", False))
+
+
+@implements_aten(aten.count_nonzero.default, aten.count_nonzero.dim_IntList, compile_safe=True)
+def count_nonzero(func, args, kwargs) -> Tensor:
+    r"""
+    Number of non-zero real values.
+
+    Examples:
+        >>> torch.count_nonzero(NestedTensor([[1, 0, 3], [0, 5]]), dim=1)
+        tensor([2, 1])
+    """
+    return reduce(args[0], "count_nonzero", _arg(args, kwargs, 1, "dim"))
+
+
+# ---------------------------------------------------------------------------- two-pass reductions
+
+
+def _moments(nt: NestedTensor, dim: Any, correction: float, keepdim: bool) -> tuple[Tensor, Tensor]:
+    """``(var, mean)`` over ``dim`` with Bessel's ``correction``, two passes for accuracy."""
+    values = nt._values
+    dims = _dims(nt, dim)
+    if dims is None:
+        flat = values.reshape(-1)
+        var, mean = torch.var_mean(flat, 0, correction=correction)
+        return _global_shape(var, nt, keepdim), _global_shape(mean, nt, keepdim)
+    plan = plan_reduction(nt, dims)
+    total = plan.reduce(values, "sum")
+    count = plan.count(total)
+    mean = total / count
+    deviation = values - plan.expand(mean)
+    squares = plan.reduce(deviation * deviation.conj() if deviation.is_complex() else deviation.square(), "sum")
+    var = squares / (count - correction).clamp(min=0)
+    return plan.finish(var, keepdim, nt), plan.finish(mean, keepdim, nt)
+
+
+def _correction(args: tuple, kwargs: dict) -> float:
+    correction = kwargs.get("correction")
+    return 1.0 if correction is None else float(correction)
+
+
+@implements_aten(aten.var.correction, aten.var_mean.correction, compile_safe=True)
+def var(func, args, kwargs) -> Tensor | tuple[Tensor, Tensor]:
+    r"""
+    ``var`` and ``var_mean`` over real values (``std``/``std_mean`` are the square roots).
+
+    Examples:
+        >>> nt = NestedTensor([[1.0, 2.0, 3.0], [4.0, 6.0]])
+        >>> nt.var(dim=1), torch.var_mean(nt, dim=0, correction=0)
+        (tensor([1., 2.]), (tensor([0.6667, 1.0000]), tensor([2., 5.])))
+    """
+    variance, mean = _moments(
+        args[0], _arg(args, kwargs, 1, "dim"), _correction(args, kwargs), kwargs.get("keepdim", False)
+    )
+    return (variance, mean) if func is aten.var_mean.correction else variance
+
+
+@implements_aten(aten.std.correction, aten.std_mean.correction, compile_safe=True)
+def std(func, args, kwargs) -> Tensor | tuple[Tensor, Tensor]:
+    """``std`` and ``std_mean``: square roots of ``var``."""
+    variance, mean = _moments(
+        args[0], _arg(args, kwargs, 1, "dim"), _correction(args, kwargs), kwargs.get("keepdim", False)
+    )
+    return (variance.sqrt(), mean) if func is aten.std_mean.correction else variance.sqrt()
+
+
+@implements_aten(aten.logsumexp.default, compile_safe=True)
+def logsumexp(func, args, kwargs) -> Tensor:
+    r"""
+    ``log(sum(exp(x)))`` over real values, stable: the largest value is taken out first.
+
+    Examples:
+        >>> nt = NestedTensor([[0.0, 0.0], [1.0]])
+        >>> torch.logsumexp(nt, dim=1)
+        tensor([0.6931, 1.0000])
+    """
+    nt, keepdim = args[0], _arg(args, kwargs, 2, "keepdim", False)
+    values = nt._values if nt.is_floating_point() else nt._values.to(torch.get_default_dtype())
+    dims = _dims(nt, _arg(args, kwargs, 1, "dim"))
+    if dims is None:
+        return _global_shape(torch.logsumexp(values.reshape(-1), 0), nt, keepdim)
+    plan = plan_reduction(nt, dims)
+    peak = plan.reduce(values.detach(), "amax")
+    peak = torch.where(peak.isinf(), 0, peak)
+    shifted = values - plan.expand(peak)
+    total = plan.reduce(shifted.exp(), "sum")
+    return plan.finish(total.log() + peak, keepdim, nt)
+
+
+@implements_aten(
+    aten.linalg_vector_norm.default,
+    aten.norm.Scalar,
+    aten.norm.ScalarOpt_dim,
+    aten.norm.ScalarOpt_dim_dtype,
+    aten.norm.ScalarOpt_dtype,
+    compile_safe=True,
+)
+def vector_norm(func, args, kwargs) -> Tensor:
+    r"""
+    ``torch.linalg.vector_norm`` (and ``torch.norm`` of vectors) over real values, for any ``ord``.
+
+    Examples:
+        >>> nt = NestedTensor([[3.0, 4.0], [-5.0]])
+        >>> torch.linalg.vector_norm(nt, dim=1), torch.norm(nt, p=float("inf"))
+        (tensor([5., 5.]), tensor(5.))
+    """
+    nt = args[0]
+    order = _arg(args, kwargs, 1, "p" if func is not aten.linalg_vector_norm.default else "ord", 2)
+    order = 2 if order is None else order
+    dim = _arg(args, kwargs, 2, "dim")
+    keepdim, dtype = _arg(args, kwargs, 3, "keepdim", False), kwargs.get("dtype")
+    absolute = (nt._values if dtype is None else nt._values.to(dtype)).abs()
+    dims = _dims(nt, dim)
+    plan = None if dims is None else plan_reduction(nt, dims)
+
+    def over(values: Tensor, op: str) -> Tensor:
+        if plan is None:
+            return _global_shape(_everything(values, op), nt, keepdim)
+        return plan.finish(plan.reduce(values, op), keepdim, nt)
+
+    if order == inf:
+        return over(absolute, "amax").clamp(min=0)  # no values: a norm of 0, not amax's -inf
+    if order == -inf:
+        return over(absolute, "amin")
+    if order == 0:
+        return over((absolute != 0).to(absolute.dtype), "sum")
+    total = over(absolute if order == 1 else absolute.pow(order), "sum")
+    if order == 1:
+        return total
+    positive = total > 0  # the root's gradient at 0 is infinite: keep it out of the graph there
+    return torch.where(positive, torch.where(positive, total, 1).pow(1 / order), 0)
+
+
+# ---------------------------------------------------------------------------- indices of extremes
+
+
+def _hits(values: Tensor, extreme: Tensor) -> Tensor:
+    """Where ``values`` equal their slot's extreme (NaN matching NaN, as NaN wins ``max`` and ``min``)."""
+    hits = values == extreme
+    return hits | (values.isnan() & extreme.isnan()) if values.is_floating_point() else hits
+
+
+def _first(plan: ReductionPlan, keys: Tensor, hits: Tensor) -> Tensor:
+    """Per slot, the smallest key among the hits."""
+    return plan.reduce(torch.where(hits, keys, _LAST), "amin")
+
+
+def _check_not_empty(nt: NestedTensor, dim: int | None, op: str) -> None:
+    layout = nt._layout
+    batch = batch_dim(nt)
+    for index, shape in enumerate(layout.element_shapes):
+        size = prod(shape) if dim is None or dim == batch else shape[dim - 1 if dim > batch else dim]
+        if size == 0:
+            raise IndexError(
+                f"{'max' if op == 'amax' else 'min'}(): element {index} of the NestedTensor has no values along "
+                f"dim {dim}; there is nothing to index"
+            )
+
+
+def extreme_index(nt: NestedTensor, dim: int | None, op: str, keepdim: bool) -> tuple[Tensor, Tensor]:
+    r"""
+    ``(values, indices)`` of the largest (``op="amax"``) or smallest (``"amin"``) value along ``dim``.
+
+    Values are gathered from the input, so gradients reach the chosen value only (as with ``torch.max``).
+
+    Examples:
+        >>> nt = NestedTensor([[1.0, 7.0, 7.0], [4.0, 2.0]])
+        >>> extreme_index(nt, 1, "amax", keepdim=False)
+        (tensor([7., 4.]), tensor([1, 0]))
+    """
+    values = nt._values
+    logical = None if dim is None else normalize_dim(dim, nt.dim())
+    _check_not_empty(nt, logical, op)
+    positions = torch.arange(values.numel(), device=values.device).view(values.shape)
+    if logical is None:  # the first hit in the padded order
+        keys = flat_index(nt._layout, nt._values.device, padded=True)
+        best = torch.where(_hits(values, _everything(values.detach(), op)), keys, _LAST).amin()
+        position = torch.where(keys == best, positions, -1).amax()
+        return values.reshape(-1)[position], _global_shape(best, nt, keepdim)
+    layout, batch = nt._layout, batch_dim(nt)
+    plan = plan_reduction(nt, [logical])
+    element = logical - 1 if logical > batch else logical
+    if logical != batch and layout.values_dim(element) is not None:  # a static dim: the dense op on the values
+        found = (values.max if op == "amax" else values.min)(layout.values_dim(element), keepdim=True)
+        return plan.finish(found.values, keepdim, nt), plan.finish(found.indices, keepdim, nt)
+    hits = _hits(values, plan.expand(plan.reduce(values.detach(), op)))
+    if logical == batch:  # the first hit in element order, then where it sits in the values
+        flat = flat_index(nt._layout, nt._values.device, padded=False)
+        index = _first(plan, flat, hits)
+        position = plan.reduce(torch.where(hits & (flat == plan.expand(index)), positions, -1), "amax")
+        return plan.finish(values.reshape(-1)[position], keepdim, nt), plan.finish(index, keepdim, nt)
+    rows = torch.arange(values.shape[0], device=values.device).view(-1, *(1,) * (values.dim() - 1))
+    best_row = _first(plan, rows.expand_as(values), hits)  # rows run along the ragged dim in order
+    coordinate = layout.row_coordinates(values.device)[1 + layout.ragged_dims.index(element)][best_row]
+    return plan.finish(values.gather(0, best_row), keepdim, nt), plan.finish(coordinate, keepdim, nt)
+
+
+@implements_aten(aten.max.dim, aten.min.dim, compile_safe=True)
+def extreme_along(func, args, kwargs) -> tuple[Tensor, Tensor]:
+    r"""
+    ``torch.max(nt, dim)``/``torch.min(nt, dim)``: values and indices, dense when every element agrees in shape.
+
+    Examples:
+        >>> torch.max(NestedTensor([[1, 9, 3], [4, 5]]), dim=1)
+        torch.return_types.max(
+        values=tensor([9, 5]),
+        indices=tensor([1, 1]))
+    """
+    op = "amax" if func is aten.max.dim else "amin"
+    return extreme_index(
+        args[0], args[1] if len(args) > 1 else kwargs["dim"], op, _arg(args, kwargs, 2, "keepdim", False)
+    )
+
+
+@implements_aten(aten.argmax.default, aten.argmin.default, compile_safe=True)
+def arg_extreme(func, args, kwargs) -> Tensor:
+    r"""
+    ``argmax``/``argmin``; with no dim, the index into the flattened padded tensor.
+
+    Examples:
+        >>> nt = NestedTensor([[1, 9, 3], [4, 5]])
+        >>> nt.argmax(dim=1), nt.argmin(dim=0), nt.argmax()
+        (tensor([1, 1]), tensor([0, 0]), tensor(1))
+    """
+    op = "amax" if func is aten.argmax.default else "amin"
+    return extreme_index(args[0], _arg(args, kwargs, 1, "dim"), op, _arg(args, kwargs, 2, "keepdim", False))[1]
+
+
+@implements_aten(aten.aminmax.default, compile_safe=True)
+def aminmax(func, args, kwargs) -> tuple[Tensor, Tensor]:
+    """``torch.aminmax``: ``(amin, amax)`` over real values."""
+    dim, keepdim = kwargs.get("dim"), kwargs.get("keepdim", False)
+    return reduce(args[0], "amin", dim, keepdim), reduce(args[0], "amax", dim, keepdim)
+
+
+# ---------------------------------------------------------------------------- comparisons of whole tensors
 
 
 def _comparable(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -316,3 +482,19 @@ def allclose(func, args, kwargs) -> bool:
     """``torch.allclose`` over real values (a dense operand is compared with ``.tensor``)."""
     pair = _comparable(args[0], args[1])
     return pair is not None and torch.allclose(*pair, *args[2:], **kwargs)
+
+
+__all__ = [
+    "aminmax",
+    "arg_extreme",
+    "count_nonzero",
+    "equal",
+    "extreme_along",
+    "extreme_index",
+    "identity",
+    "logsumexp",
+    "reduce",
+    "std",
+    "var",
+    "vector_norm",
+]
