@@ -25,8 +25,7 @@ def test_padding_guard_catches_padded_copies_only():
         assert nested.mask.shape == (2, 3)  # a mask is not a padded copy of the data
         with pytest.raises(RuntimeError, match="unexpectedly materialized padding: padded view"):
             _ = nested.tensor
-        with pytest.raises(RuntimeError, match="materialized padding"):
-            nested.sum(dim=(0, 1))  # batch and a ragged dim together reduce over the padding
+        assert nested.sum(dim=(0, 1)).shape == (2,)  # batch and a ragged dim: positions reduced without padding
         # an inner block without padding=True keeps the outer setting
         with forbid_slow_paths(), pytest.raises(RuntimeError, match="materialized padding"):
             check_padding("inner")

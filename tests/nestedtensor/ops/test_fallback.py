@@ -59,7 +59,7 @@ REDUCTIONS = {
         *("nansum", "nanmean", "count_nonzero", "argmax", "argmin", "median", "nanmedian", "aminmax"),
         *("var_mean", "std_mean", "logsumexp", "histc", "unique", "mode"),
     )
-}
+} | {"torch.functional.norm", "torch.linalg.norm", "torch.linalg.vector_norm"}
 """Reductions over every value: with no dim, their meaning for a batch (one value over all real data, as
 ``sum`` does) is the reduction family's to define and test (``test_reduction.py``); here they must run."""
 
