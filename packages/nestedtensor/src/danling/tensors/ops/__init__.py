@@ -21,6 +21,7 @@ from . import (
     reshape,
     shape,
     slicing,
+    softmax,
     sorting,
     storage,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "reshape",
     "shape",
     "slicing",
+    "softmax",
     "sorting",
     "storage",
 ]

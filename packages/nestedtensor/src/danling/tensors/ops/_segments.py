@@ -129,6 +129,13 @@ def plan_reduction(nt: NestedTensor, dims: list[int]) -> ReductionPlan:
     return layout._cached(key, nt._values.device, lambda device: _build(layout, dims, batch, device))
 
 
+def plan_across_batch(nt: NestedTensor) -> ReductionPlan:
+    """The plan combining, at every position of the padded grid, the values of all elements there (cached)."""
+    layout, batch = nt._layout, batch_dim(nt)
+    key = ("across_batch", batch, nt.dim())
+    return layout._cached(key, nt._values.device, lambda device: _across_batch(layout, set(), (), 1, batch, device))
+
+
 def _build(layout: NestedLayout, dims: list[int], batch: int, device: torch.device) -> ReductionPlan:
     if dims == [batch]:
         return _per_element(layout, batch, device)
@@ -291,6 +298,7 @@ def flat_index(layout: NestedLayout, device: torch.device, padded: bool) -> Tens
 __all__ = [
     "ReductionPlan",
     "flat_index",
+    "plan_across_batch",
     "identity",
     "plan_reduction",
     "reduce_static",
