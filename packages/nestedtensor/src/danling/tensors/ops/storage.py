@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..nested_tensor import NestedTensor
 from ._packed import apply_packed
-from ._registry import implements, implements_aten
+from ._registry import _is_compiling, continue_to_aten, implements, implements_aten
 
 aten = torch.ops.aten
 
@@ -36,9 +36,16 @@ def is_shared(input: NestedTensor) -> bool:
     return input._values.is_shared()
 
 
-@implements(Tensor.untyped_storage)
+@implements(Tensor.untyped_storage, compile_safe=True)
 def untyped_storage(input: NestedTensor) -> Any:
-    """Untyped storage of the packed values."""
+    """
+    Untyped storage of the packed values.
+
+    While ``torch.compile`` traces, the wrapper's own (empty) storage: dynamo and AOTAutograd read it to
+    build the fake wrapper and track aliasing of inputs, and the values' storage would not fit its sizes.
+    """
+    if _is_compiling():
+        return continue_to_aten(Tensor.untyped_storage, (input,), {})
     return input._values.untyped_storage()
 
 
