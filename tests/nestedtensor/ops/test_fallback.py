@@ -35,10 +35,6 @@ BATCHES = {"rows": ((3, 4), (5, 4)), "squares": ((3, 3), (4, 4))}
 CANNOT_APPLY = {
     **dict.fromkeys(("torch.msort", "torch.Tensor.msort"), "sorts along dim 0, the batch dim: elements have no order"),
     **dict.fromkeys(
-        ("torch.nn.functional.softmax", "torch.nn.functional.log_softmax", "torch.nn.functional.softmin"),
-        "without dim, torch picks dim 0 of a 3-D input, which is the batch dim: pass dim",
-    ),
-    **dict.fromkeys(
         ("torch.nn.functional.dropout1d", "torch.nn.functional.dropout2d", "torch.nn.functional.dropout3d"),
         "channel dropout needs a channel dim of one size (or elements of rank 4); here element dim 0 varies",
     ),
@@ -77,7 +73,24 @@ def _flat(elements: list[Tensor]) -> Tensor:
     return torch.cat([e.reshape(-1) for e in elements])
 
 
+def _over_the_batch(function: Callable, fill: float) -> Callable[[list[Tensor], NestedTensor], object]:
+    """Reference of a normalisation across the batch at every position, over real values only."""
+
+    def reference(elements: list[Tensor], nested: NestedTensor) -> list[Tensor]:
+        result = function(padded(elements, fill), dim=0)
+        return [result[i][tuple(slice(0, size) for size in e.shape)] for i, e in enumerate(elements)]
+
+    return reference
+
+
 BATCH_MEANING: dict[str, tuple[str, Callable[[list[Tensor], NestedTensor], object]]] = {
+    **{
+        f"torch.nn.functional.{name}": (
+            "without dim, torch picks dim 0 of a 3-D input: the batch, normalised over real values only",
+            _over_the_batch(getattr(F, name), float("inf") if name == "softmin" else -float("inf")),
+        )
+        for name in ("softmax", "log_softmax", "softmin")
+    },
     **dict.fromkeys(
         ("torch.flatten", "torch.Tensor.flatten"),
         (

@@ -7,6 +7,7 @@ from danling.tensors import NestedTensor
 
 from ..harness import check_op
 from ..strategies import assert_elements, ragged_batches
+from ._paths import batch_wide, check_both_paths, one_by_one
 
 
 def _dim_and_layout(tensors, data) -> tuple[int, list[int]]:
@@ -23,19 +24,25 @@ def _permute(order):
 def test_sort_and_argsort_inside_every_element(tensors, data, descending):
     dim, order = _dim_and_layout(tensors, data)
     nested, element = _permute(order)
-    check_op(lambda x: nested(x).sort(dim + 1, descending)[0], [tensors], lambda e: element(e).sort(dim, descending)[0])
-    check_op(lambda x: nested(x).sort(dim + 1, descending)[1], [tensors], lambda e: element(e).sort(dim, descending)[1])
-    check_op(
+    check_both_paths(
+        lambda x: nested(x).sort(dim + 1, descending)[0], [tensors], lambda e: element(e).sort(dim, descending)[0]
+    )
+    check_both_paths(
+        lambda x: nested(x).sort(dim + 1, descending)[1], [tensors], lambda e: element(e).sort(dim, descending)[1]
+    )
+    check_both_paths(
         lambda x: nested(x).argsort(dim + 1, descending=descending),
         [tensors],
         lambda e: element(e).argsort(dim, descending=descending),
     )
 
 
-def test_sort_is_stable():
+@pytest.mark.parametrize("path", [batch_wide, one_by_one])
+def test_sort_is_stable(path):
     ties = [torch.tensor([2, 1, 2, 1, 2]), torch.tensor([1, 1, 0])]
     for descending in (False, True):
-        values, indices = torch.sort(NestedTensor(ties), dim=1, descending=descending, stable=True)
+        with path():
+            values, indices = torch.sort(NestedTensor(ties), dim=1, descending=descending, stable=True)
         expected = [t.sort(descending=descending, stable=True) for t in ties]
         assert_elements(values, [e.values for e in expected])
         assert_elements(indices, [e.indices for e in expected])
@@ -47,7 +54,7 @@ def test_topk_of_every_element(tensors, data, largest):
     nested, element = _permute(order)
     k = data.draw(st.integers(0, min(element(t).shape[dim] for t in tensors)))
     for part in range(2):
-        check_op(
+        check_both_paths(
             lambda x, p=part: nested(x).topk(k, dim + 1, largest)[p],
             [tensors],
             lambda e, p=part: element(e).topk(k, dim, largest)[p],
@@ -65,12 +72,12 @@ def test_scans_restart_at_every_element(tensors, data):
     dim, order = _dim_and_layout(tensors, data)
     nested, element = _permute(order)
     for name in ("cumsum", "cumprod", "logcumsumexp"):
-        check_op(
+        check_both_paths(
             lambda x, n=name: getattr(nested(x), n)(dim + 1), [tensors], lambda e, n=name: getattr(element(e), n)(dim)
         )
     for name in ("cummax", "cummin"):
         for part in range(2):
-            check_op(
+            check_both_paths(
                 lambda x, n=name, p=part: getattr(nested(x), n)(dim + 1)[p],
                 [tensors],
                 lambda e, n=name, p=part: getattr(element(e), n)(dim)[p],
@@ -79,20 +86,22 @@ def test_scans_restart_at_every_element(tensors, data):
 
 def test_scans_of_integers_and_special_values():
     integers = [torch.tensor([3, 1, 2], dtype=torch.int32), torch.tensor([5, 4], dtype=torch.int32)]
-    check_op(lambda x: x.cumsum(1), [integers], lambda e: e.cumsum(0), grad=False)
-    check_op(lambda x: x.cumsum(1, dtype=torch.int32), [integers], lambda e: e.cumsum(0, dtype=torch.int32), grad=False)
-    check_op(lambda x: x.cumprod(1), [integers], lambda e: e.cumprod(0), grad=False)
+    check_both_paths(lambda x: x.cumsum(1), [integers], lambda e: e.cumsum(0), grad=False)
+    check_both_paths(
+        lambda x: x.cumsum(1, dtype=torch.int32), [integers], lambda e: e.cumsum(0, dtype=torch.int32), grad=False
+    )
+    check_both_paths(lambda x: x.cumprod(1), [integers], lambda e: e.cumprod(0), grad=False)
     special = [torch.tensor([1.0, float("nan"), 3.0, 3.0]), torch.tensor([2.0, 2.0, float("nan"), float("nan")])]
     for name in ("cummax", "cummin"):
         for part in range(2):
-            check_op(
+            check_both_paths(
                 lambda x, n=name, p=part: getattr(x, n)(1)[p], [special], lambda e, n=name, p=part: getattr(e, n)(0)[p]
             )
 
 
 def test_long_sequences_sum_exactly():
     sequences = [torch.full((600,), 0.1), torch.arange(700, dtype=torch.float32)]
-    check_op(lambda x: x.cumsum(1), [sequences], lambda e: e.cumsum(0), grad=False)
+    check_both_paths(lambda x: x.cumsum(1), [sequences], lambda e: e.cumsum(0), grad=False)
 
 
 def test_batch_dim_has_no_order():

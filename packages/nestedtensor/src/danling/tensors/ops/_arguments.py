@@ -2,6 +2,7 @@ r"""Read the arguments of an aten call by name, with the schema's defaults fille
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -18,14 +19,23 @@ def bind(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict[str, An
         -1
     """
     bound: dict[str, Any] = {}
-    for position, argument in enumerate(func._schema.arguments):
-        if position < len(args) and not argument.kwarg_only:
-            bound[argument.name] = args[position]
-        elif argument.name in kwargs:
-            bound[argument.name] = kwargs[argument.name]
-        elif argument.has_default_value():
-            bound[argument.name] = argument.default_value
+    for position, (name, kwarg_only, has_default, default) in enumerate(_arguments(func)):
+        if position < len(args) and not kwarg_only:
+            bound[name] = args[position]
+        elif name in kwargs:
+            bound[name] = kwargs[name]
+        elif has_default:
+            bound[name] = default
     return bound
+
+
+@functools.cache
+def _arguments(func: torch._ops.OpOverload) -> tuple[tuple[str, bool, bool, Any], ...]:
+    """``(name, kwarg_only, has_default, default)`` of every schema argument (reading the schema is slow)."""
+    return tuple(
+        (argument.name, argument.kwarg_only, argument.has_default_value(), argument.default_value)
+        for argument in func._schema.arguments
+    )
 
 
 __all__ = ["bind"]

@@ -16,7 +16,6 @@ Layouts with the same permutation but fewer ragged dims are converted for free:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from math import prod
 
 import torch
 from torch import Tensor
@@ -123,37 +122,41 @@ def with_ragged_rank(nt: NestedTensor, ragged_rank: int) -> tuple[Tensor, Nested
     return values, new_layout
 
 
-def row_major_index(layout: NestedLayout, device: torch.device) -> Tensor:
+def row_major_positions(layout: NestedLayout, device: torch.device) -> Tensor:
     r"""
-    Position in ``values.flatten()`` of every value, listed element by element in row-major order (cached).
+    For every value of ``values.flatten()``, its position when the elements are listed in row-major order.
+
+    Computed per row and per static position (never with per-value division), and cached.
 
     Examples:
         >>> layout = NestedLayout.from_shapes([(2, 3), (2, 1)])  # dim 1 ragged, dim 0 static: permuted
-        >>> row_major_index(layout, torch.device("cpu"))
-        tensor([0, 2, 4, 1, 3, 5, 6, 7])
+        >>> row_major_positions(layout, torch.device("cpu"))
+        tensor([0, 3, 1, 4, 2, 5, 6, 7])
     """
 
     def build(device: torch.device) -> Tensor:
         if not layout.permutation:
             return torch.arange(layout.batch_size, device=device)
-        numels = torch.tensor([prod(shape) for shape in layout.element_shapes], dtype=torch.long)
-        total = int(numels.sum())
-        batch = torch.repeat_interleave(
-            torch.arange(layout.batch_size, device=device), layout.to_device(numels, device), output_size=total
-        )
+        shapes = layout.shape_tensor
+        strides = torch.ones_like(shapes)
+        if layout.rank > 1:
+            strides[:, :-1] = shapes.flip(1).cumprod(1).flip(1)[:, 1:]
+        numels = shapes.prod(1)
+        strides = layout.to_device(strides, device)
         starts = layout.to_device(numels.cumsum(0) - numels, device)
-        local = torch.arange(total, device=device) - starts[batch]
-        sizes = layout.sizes_on(device)
-        coordinates: list[Tensor] = [local] * layout.rank
-        for dim in reversed(range(layout.rank)):
-            size = sizes[:, dim][batch]
-            coordinates[dim] = local % size
-            local = torch.div(local, size, rounding_mode="floor")
-        rows = row_index(layout, batch, [coordinates[d] for d in layout.ragged_dims], device)
-        index, step = rows * prod(layout.static_sizes), 1
-        for dim, size in zip(reversed(layout.static_dims), reversed(layout.static_sizes)):
-            index, step = index + coordinates[dim] * step, step * size
-        return index
+        batch, coordinates = row_coordinates(layout, device)
+        positions = starts[batch]
+        for coordinate, dim in zip(coordinates, layout.ragged_dims):
+            positions = positions + coordinate * strides[batch, dim]
+        if not layout.static_dims:
+            return positions
+        batch_size, static = layout.batch_size, len(layout.static_dims)
+        grid = torch.zeros(batch_size, *layout.static_sizes, dtype=torch.long, device=device)
+        for position, (dim, size) in enumerate(zip(layout.static_dims, layout.static_sizes)):
+            shape = [batch_size] + [1] * static
+            shape[1 + position] = size
+            grid = grid + (torch.arange(size, device=device) * strides[:, dim : dim + 1]).view(shape)
+        return (positions.unsqueeze(1) + grid.reshape(batch_size, -1)[batch]).reshape(-1)
 
     return layout._cached("rows.row_major", device, build)
 
@@ -161,9 +164,10 @@ def row_major_index(layout: NestedLayout, device: torch.device) -> Tensor:
 def row_major_values(nt: NestedTensor) -> Tensor:
     """Every element's values in row-major order, one element after the other (1-D; a view when the layout allows)."""
     layout, values = nt._layout, nt._values
+    flat = values.reshape(-1)
     if layout.is_identity:
-        return values.reshape(-1)
-    return values.reshape(-1).index_select(0, row_major_index(layout, values.device))
+        return flat
+    return flat.new_zeros(flat.shape).index_copy(0, row_major_positions(layout, values.device), flat)
 
 
 def from_row_major(flat: Tensor, layout: NestedLayout) -> Tensor:
@@ -171,12 +175,20 @@ def from_row_major(flat: Tensor, layout: NestedLayout) -> Tensor:
     shape = (layout.num_rows, *layout.static_sizes) if layout.permutation else (layout.batch_size,)
     if layout.is_identity:
         return flat.reshape(shape)
+    return flat.index_select(0, row_major_positions(layout, flat.device)).reshape(shape)
 
-    def build(device: torch.device) -> Tensor:
-        index = row_major_index(layout, device)
-        return torch.empty_like(index).index_copy_(0, index, torch.arange(index.numel(), device=device))
 
-    return flat.index_select(0, layout._cached("rows.from_row_major", flat.device, build)).reshape(shape)
+PER_ELEMENT_MIN_SIZE = 32
+"""On CPU, from this many values per element on average, one native call per element (on views of the
+packed values) beats a batch-wide formulation (a sort or scan over all rows, a gather by a computed
+index): measured by ``benchmarks/nested_shape_ops.py`` and sweeps of batch size against length. On
+CUDA the batch-wide formulation always runs: a kernel launch per element costs more than the extra work."""
+
+
+def prefer_per_element(nt: NestedTensor) -> bool:
+    """Whether a data-moving op along ragged dims should run once per element (large elements on the CPU)."""
+    values = nt._values
+    return values.device.type == "cpu" and 0 < values.numel() >= PER_ELEMENT_MIN_SIZE * len(nt)
 
 
 def is_uniform(layout: NestedLayout) -> bool:
@@ -212,15 +224,17 @@ def repack(nt: NestedTensor, permutation: tuple[int, ...], ragged_rank: int) -> 
 
 
 __all__ = [
+    "PER_ELEMENT_MIN_SIZE",
     "from_row_major",
     "gather_rows",
     "is_uniform",
+    "prefer_per_element",
     "ragged_sizes",
     "ragged_strides",
     "repack",
     "row_coordinates",
     "row_index",
-    "row_major_index",
+    "row_major_positions",
     "row_major_values",
     "with_ragged_rank",
 ]

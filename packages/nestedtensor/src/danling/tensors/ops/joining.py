@@ -5,7 +5,9 @@ Joining NestedTensors: ``torch.cat`` (and ``concat``, ``concatenate``, ``hstack`
   joins as a batch of equal-shape elements (its size along the batch dim is its number of elements,
   as for dense ``torch.cat``; the reference implementation appended it as one element).
 - Along an element dim, element ``i`` of the result is ``torch.cat`` of elements ``i`` of the inputs:
-  one ``torch.cat`` of the values along a static dim, one gather of rows along a ragged dim.
+  one ``torch.cat`` of the values along a static dim, one gather of rows along a ragged dim (for
+  large elements on the CPU joined along their first ragged dim, one ``torch.cat`` of their row
+  blocks, which is faster: a documented slow path, see ``prefer_per_element``).
 - ``stack`` inserts a new element dim and concatenates along it. Stacking at the batch dim stacks
   inside every element at its dim 0, as the spec describes (a NestedTensor has one batch dim).
 
@@ -27,7 +29,7 @@ from ..nested_tensor import NestedTensor
 from ._arguments import bind
 from ._packed import batch_dim, element_dim, from_elements, is_nested, normalize_dim
 from ._registry import check_slow_path, implements_aten
-from ._rows import is_uniform, ragged_strides, repack, row_coordinates
+from ._rows import is_uniform, prefer_per_element, ragged_strides, repack, row_coordinates
 from .shape import unsqueeze_elements
 
 aten = torch.ops.aten
@@ -119,16 +121,18 @@ def _joined_shapes(parts: Sequence[NestedTensor], dim: int, op: str) -> tuple[tu
     lengths = [len(p) for p in parts]
     if len(set(lengths)) > 1:
         raise ValueError(f"{op} along an element dim needs NestedTensors of one batch size, got {lengths}")
-    shapes = []
-    for index, group in enumerate(zip(*(p._layout.element_shapes for p in parts))):
-        rest = {shape[:dim] + shape[dim + 1 :] for shape in group}
-        if len(rest) > 1:
-            raise ValueError(
-                f"{op}: sizes of element {index} must match except in element dim {dim}, got {list(group)}"
-            )
-        first = group[0]
-        shapes.append((*first[:dim], sum(shape[dim] for shape in group), *first[dim + 1 :]))
-    return tuple(shapes)
+    sizes = torch.stack([p._layout.shape_tensor for p in parts])  # (inputs, B, rank)
+    others = torch.cat([sizes[..., :dim], sizes[..., dim + 1 :]], -1)
+    mismatched = (others != others[:1]).flatten(2).any(-1).any(0).nonzero().flatten().tolist()
+    if mismatched:
+        index = mismatched[0]
+        raise ValueError(
+            f"{op}: sizes of element {index} must match except in element dim {dim}, "
+            f"got {[p._layout.element_shapes[index] for p in parts]}"
+        )
+    joined = sizes[0].clone()
+    joined[:, dim] = sizes[:, :, dim].sum(0)
+    return tuple(map(tuple, joined.tolist()))
 
 
 def _ragged_join_index(packed: list[tuple[Tensor, NestedLayout]], layout: NestedLayout, level: int) -> Tensor:
@@ -166,6 +170,10 @@ def cat_elements(parts: Sequence[NestedTensor], dim: int, op: str = "torch.cat")
         static = tuple(shapes[0][d] for d in permutation[ragged_rank:]) if shapes else tuple(values.shape[1:])
         return like._rewrap(values, NestedLayout(shapes, permutation, ragged_rank, static))
     layout = NestedLayout(shapes, permutation, ragged_rank, first.static_sizes)
+    if position == 0 and prefer_per_element(like):  # whole row blocks of every element: one cat of views
+        check_slow_path(f"{op} of large elements along their first ragged dim, as one cat of row blocks")
+        blocks = [values.split(part.packed_sizes) for values, part in packed]
+        return like._rewrap(torch.cat([block for group in zip(*blocks) for block in group]), layout)
     values = torch.cat([values for values, _ in packed]).index_select(0, _ragged_join_index(packed, layout, position))
     return like._rewrap(values, layout)
 

@@ -15,9 +15,9 @@ from torch import Tensor
 
 from .._layout import NestedLayout
 from ..nested_tensor import NestedTensor
-from ._packed import batch_dim, element_dim, from_elements, normalize_dim
+from ._packed import batch_dim, element_dim, normalize_dim
 from ._registry import check_slow_path, implements, implements_aten
-from ._rows import from_row_major, row_major_values
+from ._rows import from_row_major, prefer_per_element, row_major_values
 
 aten = torch.ops.aten
 
@@ -88,10 +88,11 @@ def reshape_elements(nt: NestedTensor, shapes: list[tuple[int, ...]], copy: bool
     r"""
     Give every element a new shape (same numel).
 
-    No copy when elements are stored in row-major order on both sides; otherwise (say images stored
-    channels-last in the values) one gather brings the values to row-major order and one gather
-    packs them for the new shapes. ``copy=False`` (``view``) of a permuted layout views every element
-    on its own, which torch allows only where its strides do (a documented slow path).
+    No copy when elements are stored in row-major order on both sides. Otherwise (say images stored
+    channels-last in the values) small elements move with one scatter to row-major order and one
+    gather into the new packing; large ones on the CPU are reshaped one by one, which is faster
+    there (``prefer_per_element``, a documented slow path). ``copy=False`` (``view``) of a permuted
+    layout views every element on its own, which torch allows only where its strides do.
     """
     layout = nt._layout
     if not shapes:
@@ -101,9 +102,12 @@ def reshape_elements(nt: NestedTensor, shapes: list[tuple[int, ...]], copy: bool
         values = nt._values
         new_shape = (new_layout.num_rows, *new_layout.static_sizes) if new_layout.permutation else (len(shapes),)
         return nt._rewrap(values.reshape(new_shape) if copy else values.view(new_shape), new_layout)
-    if not copy:
-        check_slow_path("view of elements stored in a permuted layout")
-        return from_elements([t.view(s) for t, s in zip(layout.unpack(nt._values), shapes)], like=nt)
+    if not copy or prefer_per_element(nt):
+        check_slow_path("reshape of elements stored in a permuted layout")
+        elements = layout.unpack(nt._values)
+        return nt._rewrap(
+            new_layout.pack([t.reshape(s) if copy else t.view(s) for t, s in zip(elements, shapes)]), new_layout
+        )
     return nt._rewrap(from_row_major(row_major_values(nt), new_layout), new_layout)
 
 

@@ -2,19 +2,20 @@ r"""
 Order inside every element: ``sort``, ``argsort``, ``topk``; scans: ``cumsum``, ``cumprod``, ``logcumsumexp``,
 ``cummax``, ``cummin``; ``searchsorted`` and ``bucketize`` against dense boundaries.
 
-Dims are NestedTensor dims; the batch dim raises (elements have no order across the batch). Along a
-static dim the op runs on the packed values as they are. Along a ragged dim every element has its own
-length, and the rows are grouped into *segments* (one element, one position along the other ragged
-dims): ``segments`` lists, per row, its position along the dim and (when the dim is not the last
-ragged one) the order that makes every segment's rows contiguous. Then, with no loop over elements:
+Dims are NestedTensor dims; the batch dim raises (elements have no order across it). Along a static
+dim the op runs on the packed values as they are. Along a ragged dim every element has its own length:
 
-- ``sort``/``argsort``/``topk``: a stable sort of the values over all rows, then a stable sort of the
-  segment keys; every segment ends up sorted in place;
-- ``cumsum``: one running sum over all rows (in float64, or int64 for integers) minus the sum before
-  the segment's first row; exact for integers, within float64 rounding of the batch-wide running sum
-  for floats;
-- ``cumprod``, ``logcumsumexp``, ``cummax``, ``cummin``: ``ceil(log2(longest))`` doubling steps, each
-  combining a row with the row ``2**k`` positions before it in its segment.
+- large elements on the CPU (``prefer_per_element``) sort and scan one by one, on views of the
+  values: a native sort of each element is faster than any batch-wide formulation (a documented
+  slow path);
+- otherwise (many short elements, or CUDA) the rows are grouped into *segments* (one element, one
+  position along the other ragged dims; ``segments`` gives every row's position and, when the dim
+  is not the last ragged one, the order that makes segments contiguous), and with no loop:
+  ``sort``/``argsort``/``topk`` are a stable sort of the values over all rows then a stable sort of
+  the segment keys; ``cumsum`` is one running sum over all rows (in float64, or int64 for integers)
+  minus the sum before the segment's first row, exact for integers and within float64 rounding of
+  the batch-wide running sum for floats; ``cumprod``, ``logcumsumexp``, ``cummax``, ``cummin`` take
+  ``ceil(log2(longest))`` doubling steps, each combining a row with the one ``2**k`` before it.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._layout import NestedLayout
 from ..nested_tensor import NestedTensor
 from ._arguments import bind
 from ._fallback import per_element_fallback
 from ._packed import batch_dim, element_dim, is_nested, normalize_dim
-from ._registry import implements_aten
-from ._rows import ragged_strides, row_coordinates
+from ._registry import check_slow_path, implements_aten
+from ._rows import prefer_per_element, ragged_strides, row_coordinates
 from .slicing import cut
 
 aten = torch.ops.aten
@@ -71,6 +73,12 @@ def segments(nt: NestedTensor, dim: int) -> tuple[Tensor, Tensor, Tensor | None,
     return layout._cached(("sorting.segments", level), nt._values.device, build)
 
 
+def _per_element(nt: NestedTensor, op: Callable[[Tensor], object]) -> list:
+    """``op`` of every element (views of the values): the path for large elements on the CPU (``prefer_per_element``)."""
+    check_slow_path(f"{op} per element: large elements on the CPU sort and scan faster one by one")
+    return [op(element) for element in nt._layout.unpack(nt._values)]
+
+
 def _grouped(values: Tensor, order: Tensor | None) -> Tensor:
     return values if order is None else values.index_select(0, order)
 
@@ -83,11 +91,11 @@ def _along_rows(position: Tensor, values: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------------ sort
 
 
-def _sort_ragged(nt: NestedTensor, dim: int, descending: bool) -> tuple[Tensor, Tensor]:
-    """Values and in-element indices of ``nt`` sorted along ragged ``dim`` (stable)."""
+def _sort_ragged(nt: NestedTensor, dim: int, descending: bool, stable: bool) -> tuple[Tensor, Tensor]:
+    """Values and in-element indices of ``nt`` sorted along ragged ``dim``."""
     position, key, _, inverse = segments(nt, dim)
     values = nt._values
-    by_value = values.sort(dim=0, descending=descending, stable=True).indices
+    by_value = values.sort(dim=0, descending=descending, stable=stable).indices
     keys = key.view(-1, *([1] * (values.dim() - 1))).expand_as(values) if values.dim() > 1 else key
     by_segment = keys.gather(0, by_value).sort(dim=0, stable=True).indices
     source = by_value.gather(0, by_segment)
@@ -96,21 +104,26 @@ def _sort_ragged(nt: NestedTensor, dim: int, descending: bool) -> tuple[Tensor, 
     return values.gather(0, source), position[source]
 
 
-def sort_elements(nt: NestedTensor, dim: int, descending: bool = False) -> tuple[NestedTensor, NestedTensor]:
+def sort_elements(
+    nt: NestedTensor, dim: int, descending: bool = False, stable: bool = False
+) -> tuple[NestedTensor, NestedTensor]:
     """Sort every element along NestedTensor ``dim``; returns ``(values, indices)`` NestedTensors."""
     target = _element_dim(nt, dim, "sort")
     layout = nt._layout
-    if target in layout.ragged_dims:
-        values, indices = _sort_ragged(nt, target, descending)
+    if target in layout.ragged_dims and prefer_per_element(nt):
+        results = _per_element(nt, lambda e: e.sort(dim=target, descending=descending, stable=stable))
+        values, indices = (layout.pack(list(part)) for part in zip(*results))
+    elif target in layout.ragged_dims:
+        values, indices = _sort_ragged(nt, target, descending, stable)
     else:
-        values, indices = nt._values.sort(dim=layout.values_dim(target), descending=descending, stable=True)
+        values, indices = nt._values.sort(dim=layout.values_dim(target), descending=descending, stable=stable)
     return nt._rewrap(values), nt._rewrap(indices)
 
 
 @implements_aten(aten.sort.default, aten.sort.stable)
 def sort(func, args, kwargs) -> tuple[NestedTensor, NestedTensor]:
     r"""
-    ``torch.sort(nt, dim)``: every element sorted along ``dim`` (stable), with in-element indices.
+    ``torch.sort(nt, dim)``: every element sorted along ``dim``, with in-element indices.
 
     Examples:
         >>> values, indices = NestedTensor([[3, 1, 2], [5, 4]]).sort()
@@ -123,7 +136,7 @@ def sort(func, args, kwargs) -> tuple[NestedTensor, NestedTensor]:
         [[1, 2, 0], [1, 0]]
     """
     bound = bind(func, args, kwargs)
-    return sort_elements(bound["self"], bound["dim"], bound["descending"])
+    return sort_elements(bound["self"], bound["dim"], bound["descending"], bool(bound.get("stable")))
 
 
 @implements_aten(aten.argsort.default, aten.argsort.stable)
@@ -136,7 +149,7 @@ def argsort(func, args, kwargs) -> NestedTensor:
         [[0, 2, 1], [0, 1]]
     """
     bound = bind(func, args, kwargs)
-    return sort_elements(bound["self"], bound["dim"], bound["descending"])[1]
+    return sort_elements(bound["self"], bound["dim"], bound["descending"], bool(bound.get("stable")))[1]
 
 
 @implements_aten(aten.topk.default)
@@ -164,6 +177,15 @@ def topk(func, args, kwargs) -> tuple[NestedTensor, NestedTensor]:
         raise RuntimeError(
             f"selected index k out of range: k={k} but an element has {shortest} entries along dim {dim}"
         )
+    if prefer_per_element(nt):
+        results = _per_element(nt, lambda e: e.topk(k, target, largest, True))
+        new_layout = NestedLayout(
+            tuple((*s[:target], k, *s[target + 1 :]) for s in layout.element_shapes),
+            layout.permutation,
+            layout.ragged_rank,
+            layout.static_sizes,
+        )
+        return tuple(nt._rewrap(new_layout.pack(list(part)), new_layout) for part in zip(*results))
     values, indices = sort_elements(nt, dim, descending=largest)
     return cut(values, dim, lambda size: (0, k), ("topk", k)), cut(indices, dim, lambda size: (0, k), ("topk", k))
 
@@ -219,6 +241,8 @@ def _extremum(larger: bool) -> Callable:
 def _static_scan(values: Tensor, along: int, op: str) -> Tensor | tuple[Tensor, Tensor]:
     if op in ("cummax", "cummin"):
         return tuple(getattr(torch, op)(values, along))
+    if op in ("cumsum", "cumprod"):  # the values are already in the result dtype
+        return getattr(torch, op)(values, along, dtype=values.dtype)
     return getattr(torch, op)(values, along)
 
 
@@ -230,6 +254,11 @@ def _scan(nt: NestedTensor, dim: int, op: str, dtype: torch.dtype | None = None)
         values = values.to(_scan_dtype(values, dtype))
     if target not in layout.ragged_dims:
         return _static_scan(values, layout.values_dim(target), op)
+    if prefer_per_element(nt):
+        results = _per_element(nt._rewrap(values), lambda e: _static_scan(e, target, op))
+        if op in ("cummax", "cummin"):
+            return tuple(layout.pack(list(part)) for part in zip(*results))
+        return layout.pack(results)
     position, _, order, inverse = segments(nt, target)
     grouped, position = _grouped(values, order), _grouped(position, order)
     longest = layout.max_sizes[target]
