@@ -291,7 +291,8 @@ def test_load_only_writes_no_checkpoint_and_seed_checkpoint_is_forced(tmp_path):
     runner.close()
     seeded = ClassifierRunner(epoch_config(tmp_path / "seeded", epochs=1))
     assert seeded.save_seed_checkpoint()
-    assert os.listdir(seeded.workspace.checkpoint_dir) == ["seed.pth"]
+    seed = os.path.join(seeded.workspace.checkpoint_dir, "seed.pth")
+    assert sorted(os.listdir(seeded.workspace.checkpoint_dir)) == sorted(["seed.pth", os.readlink(seed)])
     seeded.train()
     with pytest.warns(RuntimeWarning, match="intended before training advances"):
         seeded.save_seed_checkpoint()

@@ -73,8 +73,10 @@ def test_step_mode_saves_history_on_its_cadence(tmp_path):
     runner = SplitsRunner(steps_config(tmp_path, ["a"], steps=10, checkpoint=checkpoint), {"a": 3})
     runner.train()
     runner.close()
+    final_file = os.readlink(os.path.join(runner.workspace.checkpoint_dir, "latest.pth"))
+    assert final_file.startswith("latest-s000000000010-")  # the final save is off the cadence: no history entry
     files = sorted(os.listdir(runner.workspace.checkpoint_dir))
-    assert files == ["best.pth", "ckpt-s000000000004.pth", "ckpt-s000000000008.pth", "latest.pth"]
+    assert files == sorted(["best.pth", "ckpt-s000000000004.pth", "ckpt-s000000000008.pth", "latest.pth", final_file])
     final = torch.load(os.path.join(runner.workspace.checkpoint_dir, "latest.pth"), weights_only=True)
     assert final["state"]["train"]["global_step"] == 10
     assert final["loop"]["passes"] == {"a": 3}  # 3 + 3 + 3 batches, then one of the fourth pass

@@ -1,9 +1,8 @@
-"""CheckpointManager basics: cadence, payload, snapshots, the background writer and failure handling."""
+"""CheckpointManager basics: cadence, payload, the background writer and failure handling."""
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, namedtuple
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ from danling.runners.checkpoints import (
     SaveRequest,
     collect_state,
     resolve_checkpoint_interval,
-    snapshot,
 )
 from danling.runners.config import RunnerConfig
 from danling.runners.state import RunnerState
@@ -129,20 +127,6 @@ def test_collect_state_of_components():
         collect_state([1, 2])
 
 
-def test_snapshot_copies_tensors_and_keeps_structure():
-    Pair = namedtuple("Pair", ["a", "b"])
-    weights = OrderedDict(weight=torch.zeros(3))
-    weights._metadata = {"": {"version": 2}}
-    tree = {"model": weights, "buffers": [torch.ones(1)], "pair": Pair(torch.ones(1), 7), "name": "run"}
-    copied = snapshot(tree)
-    weights["weight"].add_(1)
-    tree["buffers"][0].add_(1)
-    assert torch.equal(copied["model"]["weight"], torch.zeros(3)) and torch.equal(copied["buffers"][0], torch.ones(1))
-    assert type(copied["model"]) is OrderedDict and copied["model"]._metadata == {"": {"version": 2}}
-    assert type(copied["pair"]) is Pair and copied["pair"].b == 7 and copied["name"] == "run"
-    assert not copied["model"]["weight"].requires_grad
-
-
 def test_async_save_snapshots_before_returning():
     manager = RecordingManager({"async_mode": "async"}, interval=1)
     weight = torch.zeros(2)
@@ -150,6 +134,18 @@ def test_async_save_snapshots_before_returning():
     weight.add_(5)  # training goes on while the writer works
     assert manager.wait(timeout=10)
     assert torch.equal(manager.written[0].payload["model"]["weight"], torch.zeros(2))
+    assert manager.close(timeout=10)
+
+
+def test_payloads_a_backend_keeps_are_never_recycled():
+    # RecordingManager keeps every payload, so it does not declare ``recycles_snapshots``.
+    manager = RecordingManager({"async_mode": "async"}, interval=1)
+    weight = torch.zeros(64)
+    for progress in range(1, 4):
+        weight.fill_(progress)
+        manager.save({"model": {"weight": weight}}, progress=progress)
+        assert manager.wait(timeout=10)
+    assert [int(request.payload["model"]["weight"][0]) for request in manager.written] == [1, 2, 3]
     assert manager.close(timeout=10)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,12 +46,27 @@ def _step_of(payload) -> int:
     return int(payload["model"]["weight"][0, 0])
 
 
+def _aliases(manager) -> dict[str, str]:
+    """``{alias: data file it points at}`` for every symbolic link in the directory."""
+    return {name: os.readlink(manager.path(name)) for name in _files(manager) if os.path.islink(manager.path(name))}
+
+
+def _unnamed(manager, name: str) -> list[str]:
+    """Data files of saves of ``name`` without a history entry (``{name}-{progress}-{pid}-{serial}.pth``)."""
+    return [
+        entry for entry in _files(manager) if entry.startswith(f"{name}-") and not os.path.islink(manager.path(entry))
+    ]
+
+
 def test_no_interval_writes_nothing_unless_forced(tmp_path):
     manager = FileCheckpointManager(tmp_path, SYNC)
     assert manager.save(_components(1), progress=1) is False
     assert _files(manager) == []
     manager.save(_components(1), progress=1, force=True)
-    assert _files(manager) == ["latest.pth"]
+    [data] = _unnamed(manager, "latest")
+    assert data.startswith(f"latest-e000001-{os.getpid()}-")
+    assert _files(manager) == [data, "latest.pth"] and _aliases(manager) == {"latest.pth": data}
+    assert manager.health.last_successful_target == data and manager.health.last_successful_aliases == ("latest.pth",)
 
 
 def test_latest_history_and_best_aliases(tmp_path):
@@ -59,46 +75,66 @@ def test_latest_history_and_best_aliases(tmp_path):
     manager.save(_components(2), progress=2, best=True)
     manager.save(_components(3), progress=3, force=True)
     manager.save(_components(4), progress=4)
+    # the forced save's own file went once latest moved on
     assert _files(manager) == ["best.pth", "ckpt-e000002.pth", "ckpt-e000004.pth", "latest.pth"]
+    assert _aliases(manager) == {"best.pth": "ckpt-e000002.pth", "latest.pth": "ckpt-e000004.pth"}
     assert _step_of(manager.load("latest")) == 4 and _step_of(manager.load("best")) == 2
     assert _step_of(manager.load("ckpt-e000002")) == 2 and _step_of(manager.load("ckpt-e000004.pth")) == 4
-    assert os.path.samefile(manager.path("latest"), manager.path("ckpt-e000004"))  # a hard link, no copy
     assert manager.health.last_successful_target == "ckpt-e000004.pth"
-    assert manager.health.last_successful_aliases == ("latest.pth", "ckpt-e000004.pth")
+    assert manager.health.last_successful_aliases == ("latest.pth",)
 
 
 def test_step_mode_names_and_custom_names(tmp_path):
     manager = FileCheckpointManager(tmp_path, SYNC, interval=500, unit="step")
     manager.save(_components(0), progress=0, name="seed", force=True)
     manager.save(_components(1), progress=1000)
-    assert _files(manager) == ["ckpt-s000000001000.pth", "latest.pth", "seed.pth"]
-    assert _step_of(manager.load("seed")) == 0
+    [seed] = _unnamed(manager, "seed")
+    assert seed.startswith("seed-s000000000000-")
+    assert _files(manager) == ["ckpt-s000000001000.pth", "latest.pth", seed, "seed.pth"]
+    assert _step_of(manager.load("seed")) == 0 and _step_of(manager.load("latest")) == 1
 
 
-def test_keep_latest_k_prunes_history_but_not_aliases(tmp_path):
+def test_repeated_saves_keep_one_data_file_per_alias(tmp_path):
+    manager = FileCheckpointManager(tmp_path, SYNC)
+    for step in range(1, 6):
+        manager.save(_components(step), progress=step, force=True, best=step == 2)
+    [best, latest] = sorted(set(_aliases(manager).values()))
+    assert _aliases(manager) == {"best.pth": best, "latest.pth": latest}
+    assert _files(manager) == sorted(["best.pth", "latest.pth", best, latest])
+    assert _step_of(manager.load("best")) == 2 and _step_of(manager.load("latest")) == 5
+
+
+def test_keep_latest_k_prunes_history_but_never_what_aliases_name(tmp_path):
     manager = FileCheckpointManager(tmp_path, {**SYNC, "keep_latest_k": 2}, interval=1)
     for epoch in range(1, 5):
         manager.save(_components(epoch), progress=epoch, best=epoch == 1)
-    assert _files(manager) == ["best.pth", "ckpt-e000003.pth", "ckpt-e000004.pth", "latest.pth"]
-    assert _step_of(manager.load("best")) == 1  # best survives the pruning of its history file
+    # ckpt-e000001 left the history but stays on disk: best points at it
+    assert _files(manager) == ["best.pth", "ckpt-e000001.pth", "ckpt-e000003.pth", "ckpt-e000004.pth", "latest.pth"]
+    assert list(manager.history) == ["ckpt-e000003.pth", "ckpt-e000004.pth"]
+    assert _step_of(manager.load("best")) == 1
+    manager.save(_components(5), progress=5, best=True)  # best moves on: its old file goes
+    assert _files(manager) == ["best.pth", "ckpt-e000004.pth", "ckpt-e000005.pth", "latest.pth"]
 
 
 def test_retention_continues_after_a_restart(tmp_path):
     first = FileCheckpointManager(tmp_path, {**SYNC, "keep_latest_k": 2}, interval=1)
-    for epoch in (1, 2):
-        first.save(_components(epoch), progress=epoch)
+    for epoch in (1, 2, 3):
+        first.save(_components(epoch), progress=epoch, best=epoch == 1)
     resumed = FileCheckpointManager(tmp_path, {**SYNC, "keep_latest_k": 2}, interval=1)
-    assert list(resumed.history) == ["ckpt-e000001.pth", "ckpt-e000002.pth"]
-    resumed.save(_components(3), progress=3)
-    assert _files(resumed) == ["ckpt-e000002.pth", "ckpt-e000003.pth", "latest.pth"]
+    assert list(resumed.history) == ["ckpt-e000001.pth", "ckpt-e000002.pth", "ckpt-e000003.pth"]
+    resumed.save(_components(4), progress=4)
+    assert _files(resumed) == ["best.pth", "ckpt-e000001.pth", "ckpt-e000003.pth", "ckpt-e000004.pth", "latest.pth"]
+    assert _step_of(resumed.load("best")) == 1 and _step_of(resumed.load("latest")) == 4
 
 
-def test_without_fsync_saves_are_still_atomic_and_loadable(tmp_path):
-    manager = FileCheckpointManager(tmp_path, {**SYNC, "fsync": False}, interval=1)
-    manager.save(_components(1), progress=1)
-    manager.save(_components(2), progress=2)
-    assert _files(manager) == ["ckpt-e000001.pth", "ckpt-e000002.pth", "latest.pth"]
-    assert _step_of(manager.load()) == 2
+def test_fsync_is_off_by_default_and_saves_the_same_files_either_way(tmp_path):
+    assert FileCheckpointManager(tmp_path / "default", SYNC).config.fsync is False
+    for fsync in (False, True):
+        manager = FileCheckpointManager(tmp_path / str(fsync), {**SYNC, "fsync": fsync}, interval=1)
+        manager.save(_components(1), progress=1)
+        manager.save(_components(2), progress=2)
+        assert _files(manager) == ["ckpt-e000001.pth", "ckpt-e000002.pth", "latest.pth"]
+        assert _step_of(manager.load()) == 2
 
 
 def test_only_the_main_process_cleans_up_temporaries(tmp_path, monkeypatch):
@@ -164,6 +200,77 @@ def test_alias_failure_is_recorded_and_latest_still_written(tmp_path):
         manager.save(_components(1), progress=1, best=True)
     assert manager.health.error_count == 1 and manager.health.last_failed_target == "best.pth"
     assert _step_of(manager.load("latest")) == 1 and manager.health.saved == 1
+
+
+def test_a_failed_latest_alias_fails_the_save_and_leaves_no_file_behind(tmp_path):
+    manager = FileCheckpointManager(tmp_path, {**SYNC, "fail_on_error": True}, interval=1)
+    os.makedirs(manager.path("latest"))
+    with pytest.warns(RuntimeWarning, match="checkpoint save failed"), pytest.raises(OSError):
+        manager.save(_components(1), progress=1, force=True)
+    assert _files(manager) == ["latest.pth"] and manager.health.saved == 0
+    with pytest.warns(RuntimeWarning), pytest.raises(OSError):
+        manager.save(_components(2), progress=2)  # a history entry is a checkpoint of its own: it stays
+    assert _files(manager) == ["ckpt-e000002.pth", "latest.pth"] and _step_of(manager.load("ckpt-e000002")) == 2
+
+
+def test_without_symlinks_the_hard_link_layout_keeps_every_guarantee(tmp_path, no_symlinks):
+    manager = FileCheckpointManager(tmp_path, {**SYNC, "keep_latest_k": 1}, interval=2)
+    manager.save(_components(2), progress=2, best=True)
+    manager.save(_components(3), progress=3, force=True)
+    assert _files(manager) == ["best.pth", "ckpt-e000002.pth", "latest.pth"] and _aliases(manager) == {}
+    assert _step_of(manager.load("latest")) == 3 and _step_of(manager.load("ckpt-e000002")) == 2
+    manager.save(_components(4), progress=4)
+    assert _files(manager) == ["best.pth", "ckpt-e000004.pth", "latest.pth"]
+    assert os.path.samefile(manager.path("latest"), manager.path("ckpt-e000004"))
+    assert _step_of(manager.load("best")) == 2 and _step_of(manager.load("latest")) == 4
+
+
+def test_a_directory_from_the_hard_link_layout_moves_to_links(tmp_path, no_symlinks, monkeypatch):
+    old = FileCheckpointManager(tmp_path, {**SYNC, "keep_latest_k": 1}, interval=1)
+    old.save(_components(1), progress=1, best=True)
+    old.save(_components(2), progress=2)
+    monkeypatch.undo()  # the directory moves to a machine with symbolic links
+    manager = FileCheckpointManager(tmp_path, {**SYNC, "keep_latest_k": 1}, interval=1)
+    manager.save(_components(3), progress=3)
+    assert _files(manager) == ["best.pth", "ckpt-e000003.pth", "latest.pth"]
+    assert _aliases(manager) == {"latest.pth": "ckpt-e000003.pth"}  # best stays the hard link it was
+    assert _step_of(manager.load("best")) == 1 and _step_of(manager.load("latest")) == 3
+
+
+@pytest.mark.parametrize("copy", ["copytree-symlinks", "copytree", "cp -r"])
+def test_a_copied_directory_still_loads(tmp_path, copy):
+    manager = FileCheckpointManager(tmp_path / "run" / "checkpoints", SYNC, interval=2)
+    manager.save(_components(2), progress=2, best=True)
+    manager.save(_components(3), progress=3, force=True)
+    source, target = tmp_path / "run", tmp_path / "copy"
+    if copy == "cp -r":
+        if shutil.which("cp") is None:
+            pytest.skip("no cp command on this platform")
+        subprocess.run(["cp", "-r", str(source), str(target)], check=True)
+    else:
+        shutil.copytree(source, target, symlinks=copy == "copytree-symlinks")
+    shutil.rmtree(source)
+    assert _step_of(load_checkpoint(target)) == 3 and _step_of(load_checkpoint("best", target / "checkpoints")) == 2
+    assert _step_of(torch.load(target / "checkpoints" / "latest.pth", weights_only=True)) == 3
+
+
+def test_torch_load_reads_aliases_directly(tmp_path):
+    manager = FileCheckpointManager(tmp_path, SYNC, interval=1)
+    manager.save(_components(5), progress=1, best=True)
+    for alias in ("latest.pth", "best.pth"):
+        assert os.path.islink(tmp_path / alias)
+        assert _step_of(torch.load(tmp_path / alias, weights_only=True)) == 5
+        assert _step_of(torch.load(tmp_path / alias, weights_only=True, mmap=True)) == 5
+
+
+def test_a_dangling_alias_is_a_clear_error(tmp_path):
+    manager = FileCheckpointManager(tmp_path / "checkpoints", SYNC, interval=1)
+    manager.save(_components(1), progress=1)
+    os.remove(manager.path("ckpt-e000001"))  # e.g. deleted by hand
+    message = r"checkpoint alias '.*latest\.pth' points to 'ckpt-e000001\.pth', which does not exist"
+    for source in ("latest", tmp_path, tmp_path / "checkpoints" / "latest.pth"):
+        with pytest.raises(CheckpointNotFoundError, match=message):
+            load_checkpoint(source, manager.directory)
 
 
 def test_checkpoints_load_with_weights_only_and_restore_state(tmp_path):
@@ -258,7 +365,7 @@ _CRASHING_SAVER = textwrap.dedent(
     import danling.utils.atomic as atomic
     from danling.runners.checkpoints import FileCheckpointManager
 
-    directory, marker, mode = sys.argv[1:4]
+    marker, directory, mode = sys.argv[1:4]
     manager = FileCheckpointManager(directory, {"async_mode": mode}, interval=1)
     manager.save({"model": {"weight": torch.zeros(8)}, "version": 1}, progress=1)
     manager.wait()
@@ -289,24 +396,69 @@ _CRASHING_SAVER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("mode", "signum"), [("disabled", signal.SIGKILL), ("async", signal.SIGTERM)])
-def test_killed_mid_save_leaves_latest_loadable(tmp_path, mode, signum):
-    directory, marker = tmp_path / "checkpoints", tmp_path / "stalled"
-    process = subprocess.Popen([sys.executable, "-c", _CRASHING_SAVER, str(directory), str(marker), mode])
+def _kill_when_stalled(script: str, marker, signum: int, *args: str) -> None:
+    """Run ``script``, wait until it writes ``marker`` (it then sleeps), and kill it with ``signum``."""
+    process = subprocess.Popen([sys.executable, "-c", script, str(marker), *args])
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():
             assert process.poll() is None, "the saving process exited before stalling"
-            assert time.monotonic() < deadline, "the saving process never reached the middle of its write"
+            assert time.monotonic() < deadline, "the saving process never reached the point it stalls at"
             time.sleep(0.05)
         process.send_signal(signum)
         assert process.wait(timeout=30) == -signum
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.parametrize(("mode", "signum"), [("disabled", signal.SIGKILL), ("async", signal.SIGTERM)])
+def test_killed_mid_save_leaves_latest_loadable(tmp_path, mode, signum):
+    directory = tmp_path / "checkpoints"
+    _kill_when_stalled(_CRASHING_SAVER, tmp_path / "stalled", signum, str(directory), mode)
     leftovers = [name for name in os.listdir(directory) if ".tmp-" in name]
     assert len(leftovers) == 1 and os.path.getsize(directory / leftovers[0]) > 1_000_000  # really mid-write
     payload = load_checkpoint("latest", directory)
     assert payload["version"] == 1 and torch.equal(payload["model"]["weight"], torch.zeros(8))
     FileCheckpointManager(directory, SYNC)  # a restarted run cleans up the dead process's temporary file
     assert sorted(os.listdir(directory)) == ["ckpt-e000001.pth", "latest.pth"]
+
+
+_KILLED_BEFORE_THE_FLIP = textwrap.dedent(
+    """
+    import sys, time, torch
+    from danling.runners.checkpoints import FileCheckpointManager
+    from danling.runners.checkpoints.layout import CheckpointLayout
+
+    marker, directory, forced = sys.argv[1], sys.argv[2], sys.argv[3] == "forced"
+    manager = FileCheckpointManager(directory, {"async_mode": "disabled"}, interval=1)
+    manager.save({"model": {"weight": torch.zeros(8)}, "version": 1}, progress=1, best=True)
+
+    def stall(self, alias, data):
+        # The new file is complete under its final name; the process dies before any alias moves.
+        open(marker, "w").close()
+        time.sleep(120)
+
+    CheckpointLayout.point = stall
+    manager.save({"model": {"weight": torch.ones(8)}, "version": 2}, progress=2, force=forced, best=True)
+    """
+)
+
+
+@pytest.mark.parametrize("save", ["history", "forced"])
+def test_killed_between_writing_and_flipping_keeps_the_old_aliases(tmp_path, save):
+    directory = tmp_path / "checkpoints"
+    _kill_when_stalled(_KILLED_BEFORE_THE_FLIP, tmp_path / "stalled", signal.SIGKILL, str(directory), save)
+    new = [
+        name for name in os.listdir(directory) if name.startswith("ckpt-e000002" if save == "history" else "latest-")
+    ]
+    assert len(new) == 1 and load_checkpoint(new[0], directory)["version"] == 2  # written in full
+    assert not [name for name in os.listdir(directory) if ".tmp-" in name]
+    for alias in ("latest", "best"):
+        assert load_checkpoint(alias, directory)["version"] == 1
+    manager = FileCheckpointManager(directory, SYNC, interval=1)
+    # A complete history entry stays one; a file no alias ever named is the dead process's leftover.
+    kept = ["ckpt-e000002.pth"] if save == "history" else []
+    assert sorted(os.listdir(directory)) == sorted(["best.pth", "ckpt-e000001.pth", "latest.pth", *kept])
+    manager.save({"model": {"weight": torch.full((8,), 3.0)}, "version": 3}, progress=3)
+    assert manager.load("latest")["version"] == 3 and manager.load("best")["version"] == 1

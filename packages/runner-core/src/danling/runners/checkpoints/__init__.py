@@ -1,9 +1,12 @@
 """Checkpoint managers: decide when to save, write atomically, and find checkpoints again.
 
 - ``CheckpointManager`` (``base``): cadence, payload collection, background writer, health.
+- ``snapshot`` / ``StagingPool`` (``staging``): host copies of a payload for asynchronous writes.
 - ``FileCheckpointManager`` (``file``): ``torch.save`` files with ``latest``/``best``/history
   aliases, ``keep_latest_k`` retention; ``load_checkpoint``, ``resolve_checkpoint_path`` and
   ``read_config`` for loading without a manager.
+- ``CheckpointLayout`` (``layout``): data files written once under new names, aliases flipped
+  atomically (relative symbolic links, hard links where those are unavailable).
 - ``save_model_state`` / ``load_model_state`` (``export``): model weights as safetensors.
 """
 
@@ -15,18 +18,21 @@ from .base import (
     SaveRequest,
     collect_state,
     resolve_checkpoint_interval,
-    snapshot,
 )
 from .export import load_model_state, save_model_state
 from .file import FileCheckpointManager, load_checkpoint, read_config, resolve_checkpoint_path
+from .layout import CheckpointLayout
+from .staging import StagingPool, snapshot
 
 __all__ = [
     "BackgroundWriter",
     "CheckpointHealth",
+    "CheckpointLayout",
     "CheckpointManager",
     "CheckpointNotFoundError",
     "FileCheckpointManager",
     "SaveRequest",
+    "StagingPool",
     "collect_state",
     "load_checkpoint",
     "load_model_state",

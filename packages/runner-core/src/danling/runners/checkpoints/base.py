@@ -6,8 +6,9 @@ it and implement ``_persist`` (write one checkpoint) and ``load``; this module h
 share:
 
 - cadence: ``should_save`` and ``history_name`` from ``interval`` and the run's progress;
-- payload: ``collect_state`` calls ``state_dict()`` on components, ``snapshot`` copies tensors
-  to the CPU so an asynchronous write cannot see later in-place updates;
+- payload: ``collect_state`` calls ``state_dict()`` on components; for an asynchronous save
+  ``snapshot`` (``staging``) copies tensors to host memory so the write cannot see later
+  in-place updates;
 - ``BackgroundWriter``: one writer thread, saves persisted in order, with queued ``latest``
   saves coalesced (only the newest one is written);
 - ``CheckpointHealth``: counters and the last error, for logs and tests.
@@ -19,7 +20,7 @@ import math
 import threading
 import warnings
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ import torch
 from chanfig import FlatDict
 
 from ..config_sections import CheckpointConfig
+from .staging import StagingPool, snapshot
 
 #: Units of progress: ``epoch`` counts completed epochs, ``step`` completed optimizer steps.
 UNITS = ("epoch", "step")
@@ -83,37 +85,6 @@ def collect_state(components: Mapping[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def snapshot(tree: Any) -> Any:
-    r"""
-    Copy every tensor in ``tree`` to new CPU memory, rebuilding dicts, lists and tuples around them.
-
-    Other values are kept as they are (numbers and strings cannot change in place).  The copy
-    from an accelerator blocks until the data is on the host.
-
-    Examples:
-        >>> weight = torch.zeros(2)
-        >>> copied = snapshot({"model": {"weight": weight}})
-        >>> weight += 1
-        >>> copied["model"]["weight"]
-        tensor([0., 0.])
-    """
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().to("cpu", copy=True)
-    if isinstance(tree, Mapping):
-        copied = type(tree)() if isinstance(tree, OrderedDict) else {}
-        for key, value in tree.items():
-            copied[key] = snapshot(value)
-        if hasattr(tree, "_metadata"):  # module state dicts carry version metadata used when loading
-            copied._metadata = tree._metadata  # type: ignore[attr-defined]
-        return copied
-    if isinstance(tree, list):
-        return [snapshot(value) for value in tree]
-    if isinstance(tree, tuple):
-        values = [snapshot(value) for value in tree]
-        return type(tree)(*values) if hasattr(tree, "_fields") else tuple(values)
-    return tree
-
-
 @dataclass
 class CheckpointHealth:
     r"""
@@ -124,8 +95,9 @@ class CheckpointHealth:
         error_count: Failed writes (including failed aliases).
         last_error: Message of the last failure.
         last_failed_target: File (or alias) that failed last.
-        last_successful_target: Last checkpoint written (the history file when there is one).
-        last_successful_aliases: Names updated by the last successful save.
+        last_successful_target: File the last successful save wrote its data to.
+        last_successful_aliases: Names the last successful save pointed at that file (``latest.pth``,
+            ``best.pth`` ...), and the model export when it wrote one.
     """
 
     saved: int = 0
@@ -145,9 +117,11 @@ class SaveRequest:
         name: Logical name (``"latest"``, ``"seed"`` ...).
         payload: What to write.
         progress: Completed epochs or optimizer steps at the time of the save.
-        history: History alias to create (``"ckpt-e000003"``), or ``None``.
+        history: History entry to create (``"ckpt-e000003"``), or ``None``.
         best: Also update the ``best`` alias.
         export_model: Also export ``payload["model"]`` on its own (safetensors).
+        staged: Recycled host buffers holding the payload's tensors (asynchronous saves of
+            backends that recycle them); handed back to the pool once the request is written.
     """
 
     name: str
@@ -156,6 +130,7 @@ class SaveRequest:
     history: str | None = None
     best: bool = False
     export_model: bool = False
+    staged: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def coalescable(self) -> bool:
@@ -251,6 +226,9 @@ class CheckpointManager:
 
     #: Whether every rank must call ``save`` (distributed formats); file backends save on one rank.
     is_collective = False
+    #: Whether ``_persist`` is done with a payload when it returns, so that asynchronous saves may
+    #: copy tensors into the host buffers of earlier, written snapshots (``StagingPool``).
+    recycles_snapshots = False
 
     def __init__(
         self,
@@ -273,6 +251,7 @@ class CheckpointManager:
         self._deferred_error: BaseException | None = None
         self._writer: BackgroundWriter | None = None
         self._finalizer: weakref.finalize | None = None
+        self._staging = StagingPool() if self.recycles_snapshots and self.async_mode != "disabled" else None
         if self.async_mode != "disabled":
             self._writer = BackgroundWriter(self._write_request, name=f"danling-ckpt-{tag[:8] or type(self).__name__}")
             # The writer keeps the manager alive until ``close``; at interpreter exit, drain it.
@@ -292,10 +271,14 @@ class CheckpointManager:
         return self.history_name(progress) is not None
 
     def history_name(self, progress: int) -> str | None:
-        """The history alias for a save at ``progress`` (``None`` off the cadence)."""
+        """The history entry for a save at ``progress`` (``None`` off the cadence)."""
         if self.interval is None or self.interval <= 0 or progress <= 0 or progress % self.interval:
             return None
-        return f"ckpt-e{progress:06d}" if self.unit == "epoch" else f"ckpt-s{progress:012d}"
+        return f"ckpt-{self.progress_tag(progress)}"
+
+    def progress_tag(self, progress: int) -> str:
+        """``progress`` as it appears in file names: ``e000003`` (epochs) or ``s000000001000`` (steps)."""
+        return f"e{progress:06d}" if self.unit == "epoch" else f"s{progress:012d}"
 
     # saving
 
@@ -342,7 +325,7 @@ class CheckpointManager:
             self._raise_deferred_error()
             return True
         self._raise_deferred_error()
-        request.payload = snapshot(request.payload)
+        request.payload = snapshot(request.payload, self._staging, request.staged)
         self._writer.submit(request)
         return True
 
@@ -353,6 +336,10 @@ class CheckpointManager:
             self.record_failure(request.name, error)
             if self.config.fail_on_error:
                 self._deferred_error = error
+        finally:
+            if self._staging is not None and request.staged:
+                self._staging.release(request.staged)
+                request.staged, request.payload = [], {}
 
     def _persist(self, request: SaveRequest) -> None:
         """Write ``request`` (and its aliases) to storage.  Backends implement this."""

@@ -1,15 +1,17 @@
-"""``FileCheckpointManager``: one ``torch.save`` file per checkpoint, written atomically.
+"""``FileCheckpointManager``: one ``torch.save`` file per checkpoint, written once, named by aliases.
 
-Layout of ``directory``::
+Layout of ``directory`` (``layout`` has the details)::
 
-    latest.pth            # newest checkpoint (``{name}.pth`` for other names, e.g. seed.pth)
-    best.pth              # best checkpoint so far (hard link to the file it was saved as)
-    ckpt-e000003.pth      # history: one per ``interval`` epochs (``ckpt-s000000001000`` in step mode)
-    model.safetensors     # model weights alone, from ``export_model`` or the final save
+    ckpt-e000003.pth                   # history: one per ``interval`` epochs (ckpt-s000000001000.pth in step mode)
+    latest-e000005-4711-2.pth          # a save off the history cadence (forced, final)
+    latest.pth -> ckpt-e000003.pth     # newest checkpoint ({name}.pth for other names, e.g. seed.pth)
+    best.pth -> ckpt-e000003.pth       # best checkpoint so far
+    model.safetensors                  # model weights alone, from ``export_model`` or the final save
 
-Every file is written to a temporary file, flushed to disk and moved into place with
-``os.replace``, so a crash or ``SIGTERM`` mid-save leaves the previous ``latest.pth`` intact.
-Aliases (history, ``best``) are hard links, so they cost no extra space or time.
+Each save writes its data once, to a temporary file renamed to a new name, then flips the
+aliases (relative symbolic links) with an atomic rename: a crash, ``SIGKILL`` or ``SIGTERM``
+mid-save leaves ``latest.pth`` naming the previous, complete checkpoint.  ``torch.load`` of an
+alias works as of any file.  Where symbolic links cannot be made, aliases are hard links.
 
 ``load_checkpoint`` and ``resolve_checkpoint_path`` also work without a manager (``Runner.
 from_checkpoint`` needs them before a run exists).
@@ -19,24 +21,22 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 from collections import deque
 from collections.abc import Mapping
-from contextlib import suppress
 from typing import Any
 
 import torch
 
-from ...utils import PathStr, atomic_link, atomic_write, remove_stale_temporaries
+from ...utils import PathStr, remove_stale_temporaries
 from ..config import RunnerConfig
 from ..config_sections import CheckpointConfig
 from ..utils import is_main_process
 from .base import CheckpointManager, CheckpointNotFoundError, SaveRequest
 from .export import load_model_state, save_model_state
+from .layout import HISTORY, SUFFIX, CheckpointLayout
 
-SUFFIX = ".pth"
 MODEL_EXPORT = "model.safetensors"
-_HISTORY = re.compile(r"^ckpt-[es]\d+\.pth$")
+BEST = "best" + SUFFIX
 
 
 def resolve_checkpoint_path(source: PathStr, directory: PathStr | None = None) -> str:
@@ -45,10 +45,12 @@ def resolve_checkpoint_path(source: PathStr, directory: PathStr | None = None) -
 
     ``source`` may be a file; a checkpoint directory or a run directory (its ``latest.pth`` or
     ``checkpoints/latest.pth``); or, with ``directory``, a name in it (``"latest"``, ``"best"``,
-    ``"ckpt-e000003"``, with or without ``.pth``).
+    ``"ckpt-e000003"``, with or without ``.pth``).  An alias is returned as it is named (it stays
+    a symbolic link); ``load_checkpoint`` opens the file it points at.
 
     Raises:
-        CheckpointNotFoundError: nothing exists there; the message lists every path tried.
+        CheckpointNotFoundError: nothing exists there (the message lists every path tried), or
+            an alias points at a file that is gone (the message names both).
     """
     path = os.fsdecode(source)
     candidates = [path]
@@ -60,6 +62,11 @@ def resolve_checkpoint_path(source: PathStr, directory: PathStr | None = None) -
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
+        if os.path.islink(candidate):
+            raise CheckpointNotFoundError(
+                f"checkpoint alias {candidate!r} points to {os.readlink(candidate)!r}, which does not exist "
+                f"(the file was removed or not copied along with the alias)"
+            )
     tried = ", ".join(repr(candidate) for candidate in candidates)
     raise CheckpointNotFoundError(f"checkpoint {path!r} does not exist (looked for {tried})")
 
@@ -85,6 +92,8 @@ def load_checkpoint(
         pickle.UnpicklingError: the file needs ``weights_only=False``; the message says which object.
     """
     path = resolve_checkpoint_path(source, directory)
+    # Open the data file an alias names, so a save that flips the alias meanwhile cannot mix two files.
+    path = os.path.realpath(path) if os.path.islink(path) else path
     if path.endswith(".safetensors"):
         device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
         return {"model": load_model_state(path, device=device)}
@@ -124,9 +133,11 @@ class FileCheckpointManager(CheckpointManager):
     r"""
     Checkpoints as ``torch.save`` files with ``latest``, ``best`` and history aliases.
 
-    Construction creates ``directory``, removes temporary files left by crashed processes (on the
-    main process, which is the one that writes; call ``save`` there only), and
-    picks up existing history files so ``keep_latest_k`` keeps counting across restarts.  See
+    Construction creates ``directory`` and, on the main process (the one that writes; call
+    ``save`` there only), removes temporary and data files left by crashed processes.  Existing
+    history entries are picked up, so ``keep_latest_k`` keeps counting across restarts.
+    Retention deletes a data file once no alias names it and it is not one of the newest
+    ``keep_latest_k`` history entries: ``latest`` and ``best`` always load.  See
     ``CheckpointManager`` for the arguments and ``save``.
 
     Examples:
@@ -135,11 +146,13 @@ class FileCheckpointManager(CheckpointManager):
         >>> model = torch.nn.Linear(2, 2)
         >>> manager.save({"model": model, "epoch": 1}, progress=1, best=True)
         True
-        >>> sorted(os.listdir(manager.directory))
-        ['best.pth', 'ckpt-e000001.pth', 'latest.pth']
+        >>> sorted(os.listdir(manager.directory)), os.readlink(manager.path("latest"))
+        (['best.pth', 'ckpt-e000001.pth', 'latest.pth'], 'ckpt-e000001.pth')
         >>> torch.equal(manager.load("best")["model"]["weight"], model.weight)
         True
     """
+
+    recycles_snapshots = True
 
     def __init__(
         self,
@@ -154,45 +167,53 @@ class FileCheckpointManager(CheckpointManager):
         if self.async_mode == "async_with_pinned_mem":
             self.async_mode = "async"  # the snapshot in ``save`` is already a host copy
         os.makedirs(self.directory, exist_ok=True)
+        self.layout = CheckpointLayout(self.directory, fsync=self.config.fsync)
         if is_main_process():  # the process that writes; others may sit on hosts where its pid means nothing
             remove_stale_temporaries(self.directory)
-        self.history: deque[str] = deque(sorted(entry for entry in os.listdir(self.directory) if _HISTORY.match(entry)))
+            self.layout.remove_orphans()
+        self.history: deque[str] = deque(sorted(entry for entry in os.listdir(self.directory) if HISTORY.match(entry)))
 
     def path(self, name: str) -> str:
-        """File of checkpoint ``name`` (``"latest"`` -> ``{directory}/latest.pth``)."""
+        """Alias of checkpoint ``name`` (``"latest"`` -> ``{directory}/latest.pth``)."""
         return os.path.join(self.directory, name if name.endswith(SUFFIX) else name + SUFFIX)
 
     def _persist(self, request: SaveRequest) -> None:
-        target = self.path(request.name)
-        with atomic_write(target, fsync=self.config.fsync) as file:
+        data = self.layout.data_name(request.name, self.progress_tag(request.progress), request.history)
+        with self.layout.write(data) as file:
             torch.save(request.payload, file)
-        aliases = [os.path.basename(target)]
-        if request.history is not None and self._alias(target, self.path(request.history)):
-            aliases.append(request.history + SUFFIX)
-            self._remember_history(request.history + SUFFIX)
-        if request.best and self._alias(target, self.path("best")):
-            aliases.append("best" + SUFFIX)
+        # Files that may have lost their last reference; the new file is one if its alias fails.
+        superseded = [data, *(self._remember_history(data) if request.history is not None else ())]
+        aliases = []
+        try:
+            superseded.append(self.layout.point(request.name + SUFFIX, data))
+            aliases.append(request.name + SUFFIX)
+            if request.best and self._point_best(data, superseded):
+                aliases.append(BEST)
+            self.layout.sync()
+        finally:
+            self.layout.remove_unreferenced(superseded, keep=self.history)
         if request.export_model:
             self.export_model(request.payload["model"])
             aliases.append(MODEL_EXPORT)
-        self.record_success(request.history + SUFFIX if request.history else os.path.basename(target), tuple(aliases))
+        self.record_success(data, tuple(aliases))
 
-    def _alias(self, source: str, alias: str) -> bool:
+    def _point_best(self, data: str, superseded: list[str | None]) -> bool:
         try:
-            atomic_link(source, alias)
-        except OSError as error:
-            self.record_failure(os.path.basename(alias), error)
+            superseded.append(self.layout.point(BEST, data))
+        except OSError as error:  # the checkpoint itself is saved: record and carry on
+            self.record_failure(BEST, error)
             return False
         return True
 
-    def _remember_history(self, name: str) -> None:
+    def _remember_history(self, name: str) -> list[str]:
+        """Add history entry ``name``; return the entries ``keep_latest_k`` drops."""
         if name in self.history:
             self.history.remove(name)
         self.history.append(name)
-        keep = self.config.keep_latest_k
+        keep, dropped = self.config.keep_latest_k, []
         while keep > 0 and len(self.history) > keep:
-            with suppress(FileNotFoundError):
-                os.remove(os.path.join(self.directory, self.history.popleft()))
+            dropped.append(self.history.popleft())
+        return dropped
 
     def export_model(self, model_state: Mapping[str, Any], name: str = MODEL_EXPORT) -> str:
         r"""
