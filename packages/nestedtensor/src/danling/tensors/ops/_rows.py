@@ -16,6 +16,7 @@ Layouts with the same permutation but fewer ragged dims are converted for free:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from math import prod
 
 import torch
 from torch import Tensor
@@ -219,7 +220,8 @@ def repack(nt: NestedTensor, permutation: tuple[int, ...], ragged_rank: int) -> 
     dense = nt._values.reshape(len(nt), *(shape[d] for d in layout.permutation))
     dense = dense.permute(0, *(1 + layout.permutation.index(d) for d in permutation))
     static = tuple(shape[d] for d in permutation[ragged_rank:])
-    values = dense.reshape(-1, *static)
+    rows = len(nt) * prod(shape[d] for d in permutation[:ragged_rank])
+    values = dense.reshape(rows, *static)
     return values, NestedLayout(layout.element_shapes, permutation, ragged_rank, static)
 
 
