@@ -125,6 +125,11 @@ class _Contraction:
         ]
         self.ragged = {self.element_terms[i][d] for i in self.nested for d in operands[i]._layout.ragged_dims}
         self.keeps_ragged = any(letter in output for letter in self.ragged)
+        if self.keeps_ragged and self.batch in output and output.index(self.batch) > 1:
+            raise ValueError(
+                f"einsum(): a NestedTensor result keeps its batch dim first or second (batch_first), but the output "
+                f"{''.join(output)!r} puts {self.batch!r} at position {output.index(self.batch)}"
+            )
 
     def dense(self) -> Tensor:
         """Every NestedTensor operand has elements of one shape: one dense einsum."""
@@ -146,10 +151,10 @@ class _Contraction:
             if set(static_letters) & set(ragged):
                 return None
         dense_letters = {letter for i, term in enumerate(self.terms) if i not in self.nested for letter in term}
-        if dense_letters & {*ragged, self.batch} or self.batch not in self.output or not layout.permutation:
+        if dense_letters & {*ragged, self.batch} or not layout.permutation:
             return None
         kept = [letter for letter in ragged if letter in self.output]
-        if kept and len(kept) != len(ragged):
+        if kept and (len(kept) != len(ragged) or self.batch not in self.output):
             return None
         row = next(_fresh_letters("".join(letter for term in self.terms for letter in term)))
         terms = [
@@ -159,6 +164,8 @@ class _Contraction:
         element_output = [letter for letter in self.output if letter != self.batch]
         rest = [letter for letter in element_output if letter not in ragged]
         operands = [op._values if is_nested(op) else op for op in self.operands]
+        if self.batch not in self.output:  # everything summed over the batch: the rows are summed too
+            return torch.einsum(_equation(terms, rest), *operands)
         values = torch.einsum(_equation(terms, [row, *rest]), *operands)
         position = self.output.index(self.batch)
         if not kept:
