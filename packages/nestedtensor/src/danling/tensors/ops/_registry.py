@@ -98,10 +98,12 @@ function is specialised to the element shapes it saw, like a static-shape graph.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch._C import DispatchKey
 from torch._guards import TracingContext
 from torch._subclasses.fake_tensor import is_fake
@@ -116,17 +118,19 @@ __all__ = [
     "TORCH_FUNCTIONS",
     "aten_rule",
     "below_autograd",
+    "call_while_compiling",
+    "check_compiled_autograd",
     "check_padding",
     "check_slow_path",
     "compile_unsupported",
     "continue_to_aten",
+    "continue_while_compiling",
     "dispatch_aten",
     "forbid_slow_paths",
     "implements",
     "implements_aten",
     "inner_autograd",
     "resolve_aten",
-    "run_eager_only",
     "traced",
 ]
 
@@ -292,19 +296,57 @@ def _call(handler: Callable, args: tuple, kwargs: dict) -> Any:
     return handler(*args, **kwargs)
 
 
-def run_eager_only(func: Callable, handler: Callable, args: tuple, kwargs: dict) -> Any:
-    r"""
-    What ``__torch_function__`` does with a handler not marked ``compile_safe`` while compiling.
+def _needs_grad(args: tuple, kwargs: dict) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in (*args, *kwargs.values()))
 
-    While dynamo symbolically traces Python code that calls ``func`` (the body of a torch function
-    whose call broke the graph), the handler is called through ``torch._dynamo.disable``: a graph
-    break, after which it runs eagerly. While the graph's ops run on fake values (dynamo's shape
-    propagation, AOTAutograd), it raises ``NotImplementedError``, which dynamo reports as a graph
-    break at that call (an error under ``fullgraph=True``).
+
+def call_while_compiling(func: Callable, handler: Callable, args: tuple, kwargs: dict) -> Any:
+    r"""
+    What ``__torch_function__`` does with a handler while ``torch.compile`` traces.
+
+    When dynamo symbolically traces Python code that calls ``func`` (the body of a torch function
+    whose call broke the graph), a compile-safe handler is traced as it is; an eager-only one, or
+    one whose operands require grad (see ``check_compiled_autograd``), is called through
+    ``torch._dynamo.disable``: a graph break, after which it runs eagerly. When the graph's ops run
+    on fake values (dynamo's shape propagation, AOTAutograd), an eager-only handler raises
+    ``NotImplementedError``, which dynamo reports as a graph break at that call (an error under
+    ``fullgraph=True``).
     """
     if torch.compiler.is_dynamo_compiling():
+        if func in COMPILE_SAFE and not _needs_grad(args, kwargs):
+            return handler(*args, **kwargs)
         return torch._dynamo.disable(_call)(handler, args, kwargs)
-    compile_unsupported(func, "handler is marked eager-only")
+    compile_unsupported(func, COMPILED_AUTOGRAD if _needs_grad(args, kwargs) else "handler is marked eager-only")
+
+
+def continue_while_compiling(func: Callable, args: tuple, kwargs: dict) -> Any:
+    """A call without a torch-level handler met while dynamo symbolically traces our code: run it eagerly."""
+    return torch._dynamo.disable(_call)(continue_to_aten, (func, args, kwargs), {})
+
+
+COMPILED_AUTOGRAD = (
+    "a NestedTensor that requires grad cannot be compiled: its autograd lives on the packed values, which "
+    "AOTAutograd does not differentiate through the wrapper, so this part runs eagerly (gradients stay exact). "
+    "Compile inference under torch.no_grad() or torch.inference_mode() to get one graph"
+)
+
+
+def check_compiled_autograd(values: Tensor, frame: bool = False) -> None:
+    r"""
+    Refuse to trace NestedTensor values that require grad: the graph would silently drop their gradients.
+
+    Called where NestedTensors are built (``frame=False``) and flattened (``frame=True``). Under
+    ``torch.compile`` with grad mode on, it warns once and raises: ``NotImplementedError`` for an op,
+    which dynamo turns into a graph break (the op runs eagerly; an error under ``fullgraph=True``),
+    and dynamo's ``SkipFrame`` for a frame that receives such a NestedTensor (the frame runs eagerly).
+    """
+    if torch.compiler.is_dynamo_compiling():
+        return  # symbolic tracing: ``call_while_compiling`` already sends such calls to eager mode
+    if values.requires_grad and torch.is_grad_enabled() and _is_compiling():
+        warnings.warn(COMPILED_AUTOGRAD, stacklevel=2)
+        if frame:
+            raise torch._dynamo.exc.SkipFrame(COMPILED_AUTOGRAD)
+        compile_unsupported("NestedTensor autograd", COMPILED_AUTOGRAD)
 
 
 def check_slow_path(detail: object) -> None:
