@@ -175,6 +175,8 @@ class NestedTensor(torch.Tensor):
         mask_value: bool = False,
     ) -> NestedTensor:
         """Wrap packed ``values`` laid out by ``layout`` without copying or checking (the fast path of every op)."""
+        if values.requires_grad:
+            _registry.check_compiled_autograd(values)
         shape = layout.logical_shape(batch_first)
         nested = Tensor._make_wrapper_subclass(cls, shape, dtype=values.dtype, device=values.device)
         nested._values = values
@@ -197,7 +199,11 @@ class NestedTensor(torch.Tensor):
                 mask_value=self._mask_value,
             )
         # Same layout: ``_from_packed`` with the logical shape reused, inlined (the hot path of elementwise ops).
-        nested = Tensor._make_wrapper_subclass(type(self), self._logical_shape, dtype=values.dtype, device=values.device)
+        if values.requires_grad:
+            _registry.check_compiled_autograd(values)
+        nested = Tensor._make_wrapper_subclass(
+            type(self), self._logical_shape, dtype=values.dtype, device=values.device
+        )
         nested._values = values
         nested._layout = self._layout
         nested._batch_first = self._batch_first
@@ -222,9 +228,13 @@ class NestedTensor(torch.Tensor):
             kwargs = {}
         handler = _registry.TORCH_FUNCTIONS.get(func)
         if handler is not None:
-            if func not in _registry.COMPILE_SAFE and _registry.traced(args, kwargs):
-                return _registry.run_eager_only(func, handler, args, kwargs)
+            if torch.compiler.is_dynamo_compiling() or (
+                func not in _registry.COMPILE_SAFE and _registry.traced(args, kwargs)
+            ):
+                return _registry.call_while_compiling(func, handler, args, kwargs)
             return handler(*args, **kwargs)
+        if torch.compiler.is_dynamo_compiling():
+            return _registry.continue_while_compiling(func, args, kwargs)
         return _registry.continue_to_aten(func, args, kwargs)
 
     @classmethod
@@ -770,6 +780,8 @@ class NestedTensor(torch.Tensor):
         return _serialization.rebuild_nested_tensor, (self.__getstate__(),)
 
     def __tensor_flatten__(self) -> tuple[list[str], tuple]:
+        if self._values.requires_grad:
+            _registry.check_compiled_autograd(self._values, frame=True)
         return ["_values"], _serialization.flatten_context(self)
 
     @staticmethod
