@@ -124,3 +124,112 @@ def test_eager_only_handlers_refuse_to_be_traced(clean_tables, nested, monkeypat
         return True
 
     assert torch.equal(nested, nested)
+
+
+# ---------------------------------------------------------------------------------------------- torch.compile
+
+
+def _block(weight: torch.Tensor, bias: torch.Tensor):
+    def block(x):
+        hidden = torch.nn.functional.linear(x, weight, bias)
+        hidden = torch.nn.functional.gelu(torch.relu(hidden) * 2 + 1 - x.mean(-1, keepdim=True))
+        scores = torch.nn.functional.softmax(hidden, -1) + hidden.sigmoid()
+        return torch.where(scores > 0.5, scores, -scores).clamp(min=-0.9), scores.amax(1)
+
+    return block
+
+
+def _compile(fn, backend: str = "aot_eager", fullgraph: bool = True):
+    import torch._dynamo.testing
+
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend(backend)
+    return torch.compile(fn, backend=counter, fullgraph=fullgraph), counter
+
+
+def test_a_block_of_elementwise_ops_and_linear_compiles_into_one_graph():
+    weight, bias = torch.randn(8, 8), torch.randn(8)
+    block = _block(weight, bias)
+    compiled, counter = _compile(block)
+    nested = NestedTensor([torch.randn(3, 8), torch.randn(5, 8)])
+    for inputs in (nested, NestedTensor([torch.randn(3, 8), torch.randn(5, 8)])):
+        (got, got_peak), (want, want_peak) = compiled(inputs), block(inputs)
+        assert isinstance(got, NestedTensor) and got._layout.same_as(want._layout)
+        torch.testing.assert_close(got.concat, want.concat)
+        torch.testing.assert_close(got_peak, want_peak)
+    assert counter.frame_count == 1  # one graph, reused for a batch of the same element shapes
+    compiled(NestedTensor([torch.randn(2, 8), torch.randn(4, 8)]))
+    assert counter.frame_count == 2  # element shapes are static metadata: new shapes compile again
+
+
+def test_the_block_compiles_with_inductor():
+    weight, bias = torch.randn(8, 8), torch.randn(8)
+    block = _block(weight, bias)
+    compiled, counter = _compile(block, backend="inductor")
+    nested = NestedTensor([torch.randn(3, 8), torch.randn(5, 8)])
+    with torch.no_grad():
+        got, want = compiled(nested)[0], block(nested)[0]
+    torch.testing.assert_close(got.concat, want.concat, atol=1e-5, rtol=1e-5)
+    assert counter.frame_count == 1
+
+
+def test_eager_only_handlers_break_the_graph_and_run_eagerly(clean_tables):
+    calls = []
+
+    @implements(torch.nn.functional.softsign)
+    def softsign(input):
+        calls.append(torch.compiler.is_compiling())
+        return apply_packed(torch.nn.functional.softsign, input)
+
+    def block(x):
+        return torch.nn.functional.softsign(x * 2) + 1
+
+    nested = NestedTensor([torch.randn(3, 4), torch.randn(2, 4)])
+    compiled, counter = _compile(block, fullgraph=False)
+    torch.testing.assert_close(compiled(nested).concat, block(nested).concat)
+    assert counter.frame_count == 2 and calls[0] is False  # split around the eager call, which ran eagerly
+    compiled, _ = _compile(block)
+    with pytest.raises(Exception, match=r"compile-safe path not implemented for .*softsign.*eager-only"):
+        compiled(nested)
+
+
+def test_per_element_paths_are_never_traced():
+    def block(x):
+        return torch.kthvalue(x + 1, 1, 1).values * 2
+
+    nested = NestedTensor([torch.randn(3), torch.randn(2)])
+    compiled, _ = _compile(block, fullgraph=False)
+    torch.testing.assert_close(compiled(nested).concat, block(nested).concat)
+    compiled, _ = _compile(block)
+    with pytest.raises(Exception, match="would fall back to per-element eager execution"):
+        compiled(nested)
+
+
+def test_training_steps_fall_back_to_eager_with_exact_gradients():
+    layer = torch.nn.Linear(4, 3)
+    sources = [torch.randn(3, 4, requires_grad=True), torch.randn(2, 4, requires_grad=True)]
+
+    def step(x):
+        return (torch.relu(layer(x)) * 2).sum()
+
+    def elementwise(x):
+        return (torch.relu(x) * 2 + 1).sigmoid().sum()
+
+    expected = torch.autograd.grad(step(NestedTensor(sources)), layer.weight)[0]
+    compiled, _ = _compile(step, fullgraph=False)
+    with pytest.warns(UserWarning, match="requires grad cannot be compiled"):
+        loss = compiled(NestedTensor([s.detach() for s in sources]))  # parameters require grad
+    torch.testing.assert_close(torch.autograd.grad(loss, layer.weight)[0], expected)
+    expected = torch.autograd.grad(elementwise(NestedTensor(sources)), sources)
+    compiled, _ = _compile(elementwise, fullgraph=False)
+    with pytest.warns(UserWarning, match="requires grad cannot be compiled"):
+        loss = compiled(NestedTensor(sources))  # the input requires grad
+    for got, want in zip(torch.autograd.grad(loss, sources), expected):
+        torch.testing.assert_close(got, want)
+    compiled, _ = _compile(step)
+    with pytest.raises(Exception, match="requires grad cannot be compiled"), pytest.warns(UserWarning):
+        compiled(NestedTensor([s.detach() for s in sources]))
+    with torch.no_grad():
+        compiled, counter = _compile(step)
+        torch.testing.assert_close(compiled(NestedTensor(sources)), step(NestedTensor(sources)))
+        assert counter.frame_count == 1
