@@ -64,6 +64,7 @@ def main() -> None:
     jagged = torch.nested.nested_tensor_from_jagged(packed, torch.tensor([0, *lengths]).cumsum(0))
     weight = torch.randn(256, 256, generator=generator)
     other = NestedTensor([e * 2 for e in elements])
+    doubled, other_elements = other._values, list(other.unbind())  # joins read two buffers, never one twice
     run = lambda name, variants: _row(name, variants, args.repeats, args.inner)  # noqa: E731
 
     print(f"64 sequences, lengths {min(lengths)}..{max(lengths)} ({sum(lengths)} rows), hidden 256, 1 thread")
@@ -75,18 +76,21 @@ def main() -> None:
         "einsum bld,de->ble",
         {"ours": lambda: torch.einsum("bld,de->ble", nt, weight), "packed": lambda: packed @ weight},
     )
-    run("cat batches", {"ours": lambda: torch.cat([nt, other]), "packed": lambda: torch.cat([packed, packed])})
+    run("cat batches", {"ours": lambda: torch.cat([nt, other]), "packed": lambda: torch.cat([packed, doubled])})
     run(
         "cat along length",
-        {"ours": lambda: torch.cat([nt, other], 1), "loop": lambda: torch.cat([torch.cat([e, e]) for e in elements])},
+        {
+            "ours": lambda: torch.cat([nt, other], 1),
+            "loop": lambda: torch.cat([torch.cat([e, d]) for e, d in zip(elements, other_elements)]),
+        },
     )
     run(
         "cat along hidden",
-        {"ours": lambda: torch.cat([nt, other], 2), "packed": lambda: torch.cat([packed, packed], 1)},
+        {"ours": lambda: torch.cat([nt, other], 2), "packed": lambda: torch.cat([packed, doubled], 1)},
     )
     run(
         "stack (new last dim)",
-        {"ours": lambda: torch.stack([nt, other], -1), "packed": lambda: torch.stack([packed, packed], -1)},
+        {"ours": lambda: torch.stack([nt, other], -1), "packed": lambda: torch.stack([packed, doubled], -1)},
     )
     run("flip length", {"ours": lambda: nt.flip(1), "loop": _loop(elements, lambda e: e.flip(0))})
     run("roll length by 3", {"ours": lambda: nt.roll(3, 1), "loop": _loop(elements, lambda e: e.roll(3, 0))})
