@@ -17,10 +17,12 @@ ratio in CPU time of the process (all threads), and the ratio of the fastest rep
 the last two are disturbed less by other programs on a busy machine.
 
 Checkpoints, for the trained task and for a larger model (MLP of width 1024, 1.1M parameters):
-a synchronous ``save_checkpoint`` against ``torch.save`` of the same ``state_dict()`` on the same
-disk, both flushed to disk with ``fsync`` (the runner's default, ``checkpoint.fsync``) and both not;
-and the time an asynchronous ``save_checkpoint`` takes to return (it copies tensors to host memory,
-then writes on a background thread).
+a synchronous ``save_checkpoint`` with the default config against what a user's loop does, a
+plain ``torch.save(runner.state_dict(), path)`` overwriting one path each time (no ``fsync``);
+the same save with ``checkpoint.fsync=True`` (durable against power loss) against that baseline
+and against ``torch.save`` followed by ``fsync``; and the time an asynchronous ``save_checkpoint``
+takes to return (it copies tensors to host memory, then writes on a background thread) as a
+fraction of the synchronous save.  The variants are interleaved; medians of ``--checkpoint-repeats``.
 """
 
 from __future__ import annotations
@@ -111,45 +113,69 @@ def runner_loop(dataset: TensorDataset, steps: int, *, quiet: bool) -> tuple[flo
 
 
 def _torch_save(state: dict, path: str, *, fsync: bool) -> None:
+    if not fsync:
+        torch.save(state, path)  # what a user's loop does
+        return
     with open(path, "wb") as file:
         torch.save(state, file)
-        if fsync:
-            file.flush()
-            os.fsync(file.fileno())
+        file.flush()
+        os.fsync(file.fileno())
 
 
-def checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> dict[str, float]:
-    """Median seconds of ``torch.save`` of ``state_dict()`` and of the runner's saves, flushed to disk and not.
+#: Checkpoint variants: (async_mode, checkpoint.fsync) of the runner that saves.
+CHECKPOINT_RUNNERS = {"sync": ("disabled", False), "sync fsync": ("disabled", True), "async": ("async", False)}
+
+
+def checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds of ``torch.save`` of ``state_dict()`` (to one path, with and without fsync) and of the runner's saves.
 
     ``torch.save`` is timed with the ``state_dict()`` call, as the runner's save includes it.
     """
     timings: dict[str, list[float]] = {}
+
+    def timed(name: str, call: Callable[[], object]) -> None:
+        start = time.perf_counter()
+        call()
+        timings.setdefault(name, []).append(time.perf_counter() - start)
+
     with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()):
         runners = {}
-        for mode, fsync in (("disabled", True), ("disabled", False), ("async", True)):
-            config = runner_config(os.path.join(root, f"{mode}-{fsync}"), 4, quiet=False)
+        for name, (mode, fsync) in CHECKPOINT_RUNNERS.items():
+            config = runner_config(os.path.join(root, name.replace(" ", "-")), 4, quiet=False)
             config.update({"log": False, "checkpoint": {"async_mode": mode, "interval": 0, "fsync": fsync}})
-            runners[mode, fsync] = BenchmarkRunner(config, dataset, width)
-            runners[mode, fsync].train()  # optimizer state exists, as in a real run
-        plain = os.path.join(root, "plain.pth")
+            runners[name] = BenchmarkRunner(config, dataset, width)
+            runners[name].train()  # optimizer state exists, as in a real run
+        plain, source = os.path.join(root, "plain.pth"), runners["sync"]
         for _ in range(repeats):
-            for fsync in (True, False):
-                runner = runners["disabled", fsync]
-                start = time.perf_counter()
-                _torch_save(runner.state_dict(), plain, fsync=fsync)
-                timings.setdefault(f"torch.save fsync={fsync}", []).append(time.perf_counter() - start)
-                start = time.perf_counter()
-                runner.save_checkpoint(force=True)
-                timings.setdefault(f"sync save fsync={fsync}", []).append(time.perf_counter() - start)
-            runner = runners["async", True]
-            runner.checkpoint_manager.wait()
-            start = time.perf_counter()
-            runner.save_checkpoint(force=True)
-            timings.setdefault("async return", []).append(time.perf_counter() - start)
-            runner.checkpoint_manager.wait()
+            timed("torch.save", lambda: _torch_save(source.state_dict(), plain, fsync=False))
+            timed("sync", lambda: runners["sync"].save_checkpoint(force=True))
+            timed("torch.save fsync", lambda: _torch_save(source.state_dict(), plain, fsync=True))
+            timed("sync fsync", lambda: runners["sync fsync"].save_checkpoint(force=True))
+            timed("async return", lambda: runners["async"].save_checkpoint(force=True))
+            runners["async"].checkpoint_manager.wait()  # written before the next timing, as between real saves
         for runner in runners.values():
             runner.close()
-    return {name: statistics.median(values) for name, values in timings.items()}
+    return timings
+
+
+def print_checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> None:
+    """Print median milliseconds and median ratios of the pairs timed in the same repeat."""
+    costs = checkpoint_costs(dataset, width, repeats)
+    parameters = sum(p.numel() for p in make_model(width).parameters())
+
+    def ms(name: str) -> str:
+        return f"{statistics.median(costs[name]) * 1e3:.2f} ms"
+
+    def ratio(name: str, base: str) -> str:
+        return f"{statistics.median(a / b for a, b in zip(costs[name], costs[base])):.3f}x"
+
+    print(
+        f"checkpoint (MLP width {width}, {parameters / 1e6:.2f}M parameters + AdamW state, {repeats} repeats): "
+        f"sync save {ms('sync')} vs torch.save {ms('torch.save')} ({ratio('sync', 'torch.save')}); "
+        f"async save returns in {ms('async return')} ({ratio('async return', 'sync')} of sync); "
+        f"with fsync=True {ms('sync fsync')} ({ratio('sync fsync', 'torch.save')} torch.save, "
+        f"{ratio('sync fsync', 'torch.save fsync')} torch.save+fsync {ms('torch.save fsync')})"
+    )
 
 
 def interleave(
@@ -166,6 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--steps", type=int, default=256)
+    parser.add_argument("--checkpoint-repeats", type=int, default=25)
     args = parser.parse_args()
     torch.set_num_threads(1)
     dataset = make_data()
@@ -203,16 +230,7 @@ def main() -> None:
             f"{name:<18} {median:9.4f} {median / args.steps * 1e3:8.3f} {ratio:6.3f} {cpu_ratio:9.3f} {min_ratio:9.3f} {build}"
         )
     for width in (256, 1024):
-        costs = checkpoint_costs(dataset, width, args.repeats)
-        parameters = sum(p.numel() for p in make_model(width).parameters())
-        durable, plain = costs["sync save fsync=True"], costs["sync save fsync=False"]
-        print(
-            f"checkpoint (MLP width {width}, {parameters / 1e6:.2f}M parameters + AdamW state): "
-            f"sync save {durable * 1e3:.2f} ms vs torch.save+fsync {costs['torch.save fsync=True'] * 1e3:.2f} ms "
-            f"({durable / costs['torch.save fsync=True']:.3f}x); without fsync {plain * 1e3:.2f} ms vs torch.save "
-            f"{costs['torch.save fsync=False'] * 1e3:.2f} ms ({plain / costs['torch.save fsync=False']:.3f}x); "
-            f"async save returns in {costs['async return'] * 1e3:.2f} ms ({costs['async return'] / durable:.3f}x of sync)"
-        )
+        print_checkpoint_costs(dataset, width, args.checkpoint_repeats)
 
 
 if __name__ == "__main__":

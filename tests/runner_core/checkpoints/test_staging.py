@@ -54,12 +54,23 @@ def test_pool_recycles_the_buffers_of_a_written_snapshot():
 
 def test_pool_keeps_only_the_last_released_snapshot():
     pool = StagingPool()
-    old = [pool.take(torch.ones(8))]
-    new = [pool.take(torch.ones(2))]
+    old, new = [], []
+    snapshot({"w": torch.ones(8)}, pool, old)
+    snapshot({"w": torch.ones(2)}, pool, new)
     pool.release(old)
     pool.release(new)
-    assert pool.take(torch.ones(8)).data_ptr() != old[0].data_ptr()
-    assert pool.take(torch.ones(2)).data_ptr() == new[0].data_ptr()
+    assert snapshot({"w": torch.ones(8)}, pool, [])["w"].data_ptr() != old[0].data_ptr()
+    pool.release(new)
+    assert snapshot({"w": torch.ones(2)}, pool, [])["w"].data_ptr() == new[0].data_ptr()
+
+
+def test_snapshot_into_the_pool_does_not_track_gradients():
+    pool, staged = StagingPool(), []
+    weight = torch.nn.Parameter(torch.ones(3))
+    snapshot({"w": weight}, pool, staged)
+    pool.release(staged)
+    copied = snapshot({"w": weight * 2}, pool, [])["w"]
+    assert copied is staged[0] and not copied.requires_grad and copied.grad_fn is None
 
 
 def test_tensors_that_do_not_fit_a_buffer_are_copied_anyway():

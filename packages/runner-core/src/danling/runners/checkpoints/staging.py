@@ -26,18 +26,18 @@ class StagingPool:
     r"""
     Reusable host tensors for snapshots, keyed by shape and dtype.
 
-    ``take(tensor)`` returns a copy of ``tensor`` in host memory, in a buffer of a previous
-    snapshot when one of that shape and dtype is free; ``release(buffers)`` hands the buffers
-    of a snapshot that has been written back.  Only the buffers of the last released snapshot
-    are kept, so the pool holds at most one checkpoint's tensors.  ``take`` runs on the thread
-    that saves, ``release`` on the writer thread.
+    ``snapshot(tree, pool, staged)`` claims every free buffer, copies into those that fit, and
+    lists the buffers it used in ``staged``; ``release(staged)`` hands them back once that
+    snapshot is written.  Only the buffers of the last released snapshot are kept, so the pool
+    holds at most one checkpoint's tensors.  Snapshots run on the thread that saves,
+    ``release`` on the writer thread.
 
     Examples:
-        >>> pool = StagingPool()
-        >>> first = pool.take(torch.ones(3))
-        >>> pool.release([first])
-        >>> second = pool.take(torch.zeros(3))
-        >>> second is first, second
+        >>> pool, staged = StagingPool(), []
+        >>> first = snapshot({"weight": torch.ones(3)}, pool, staged)
+        >>> pool.release(staged)
+        >>> second = snapshot({"weight": torch.zeros(3)}, pool, [])
+        >>> second["weight"] is first["weight"], second["weight"]
         (True, tensor([0., 0., 0.]))
     """
 
@@ -45,22 +45,17 @@ class StagingPool:
         self._free: dict[tuple, list[torch.Tensor]] = {}
         self._lock = threading.Lock()
 
-    def take(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A host copy of ``tensor`` (detached, contiguous), in a recycled buffer where one fits."""
-        key = (tuple(tensor.shape), tensor.dtype)
+    def claim(self) -> dict[tuple, list[torch.Tensor]]:
+        """Take every free buffer, as ``{(shape, dtype): [buffer, ...]}``, for one snapshot."""
         with self._lock:
-            free = self._free.get(key)
-            buffer = free.pop() if free else None
-        if buffer is None:
-            buffer = torch.empty(key[0], dtype=tensor.dtype)
-        # From an accelerator into pageable memory the copy returns once the data is on the host.
-        return buffer.copy_(tensor.detach())
+            free, self._free = self._free, {}
+        return free
 
     def release(self, buffers: Iterable[torch.Tensor]) -> None:
-        """Make ``buffers`` (from ``take``, no longer read by anyone) available to the next snapshot."""
+        """Make ``buffers`` (of a snapshot no one reads any more) the free buffers of the next snapshot."""
         free: dict[tuple, list[torch.Tensor]] = {}
         for buffer in buffers:
-            free.setdefault((tuple(buffer.shape), buffer.dtype), []).append(buffer)
+            free.setdefault((buffer.shape, buffer.dtype), []).append(buffer)
         with self._lock:
             self._free = free
 
@@ -90,46 +85,55 @@ def snapshot(tree: Any, pool: StagingPool | None = None, staged: list[torch.Tens
         >>> copied["model"]["weight"], copied["model"]["tied"] is copied["model"]["weight"]
         (tensor([0., 0.]), True)
     """
-    return _Snapshot(pool, staged).copy(tree)
+    with torch.no_grad():
+        return _Snapshot(pool, staged).copy(tree)
 
 
 class _Snapshot:
     """One snapshot in progress: remembers tensors already copied (by identity) so sharing survives."""
 
     def __init__(self, pool: StagingPool | None, staged: list[torch.Tensor] | None) -> None:
-        self.pool = pool
+        self.free = pool.claim() if pool is not None else None
         self.staged = staged if staged is not None else []
         self.copies: dict[int, torch.Tensor] = {}
 
     def copy(self, tree: Any) -> Any:
-        if isinstance(tree, torch.Tensor):
+        # Exact type checks first: abstract-class checks cost microseconds, and a payload has hundreds of leaves.
+        kind = type(tree)
+        if kind in _IMMUTABLE:
+            return tree
+        if issubclass(kind, torch.Tensor):
             return self.tensor(tree)
-        if isinstance(tree, Mapping):
+        if kind is dict or isinstance(tree, Mapping):
             return self.mapping(tree)
-        if isinstance(tree, (list, tuple)):
+        if issubclass(kind, (list, tuple)):
             if _IMMUTABLE.issuperset(map(type, tree)):  # e.g. Python's RNG state: 625 integers
-                return list(tree) if isinstance(tree, list) else tree
+                return list(tree) if issubclass(kind, list) else tree
             values = [self.copy(value) for value in tree]
-            if isinstance(tree, list):
+            if issubclass(kind, list):
                 return values
-            return type(tree)(*values) if hasattr(tree, "_fields") else tuple(values)
+            return kind(*values) if hasattr(tree, "_fields") else tuple(values)
         return tree
 
     def tensor(self, tensor: torch.Tensor) -> torch.Tensor:
         copied = self.copies.get(id(tensor))
-        if copied is None:
-            if self.pool is not None and _stageable(tensor):
-                copied = self.pool.take(tensor)
-                self.staged.append(copied)
-            else:
-                copied = tensor.detach().to("cpu", copy=True)
-            self.copies[id(tensor)] = copied
+        if copied is not None:
+            return copied
+        if self.free is not None and _stageable(tensor):
+            buffers = self.free.get((tensor.shape, tensor.dtype))
+            copied = buffers.pop() if buffers else torch.empty(tensor.shape, dtype=tensor.dtype)
+            # From an accelerator into pageable memory the copy returns once the data is on the host.
+            copied.copy_(tensor)
+            self.staged.append(copied)
+        else:
+            copied = tensor.detach().to("cpu", copy=True)
+        self.copies[id(tensor)] = copied
         return copied
 
     def mapping(self, tree: Mapping) -> dict:
         copied = type(tree)() if isinstance(tree, OrderedDict) else {}
         for key, value in tree.items():
-            copied[key] = self.copy(value)
+            copied[key] = value if type(value) in _IMMUTABLE else self.copy(value)
         if hasattr(tree, "_metadata"):  # module state dicts carry version metadata used when loading
             copied._metadata = tree._metadata  # type: ignore[attr-defined]
         return copied
