@@ -93,6 +93,14 @@ path that calls ``check_slow_path``) raises ``NotImplementedError`` naming the o
 dynamo turns that into a graph break (the op runs eagerly, the rest compiles) and
 ``fullgraph=True`` into an error carrying the message. Layouts are Python metadata, so a compiled
 function is specialised to the element shapes it saw, like a static-shape graph.
+
+Where dynamo traces our Python itself (the body of a torch function whose call broke the graph),
+eager-only handlers and misses go through ``torch._dynamo.disable`` (``call_while_compiling``,
+``continue_while_compiling``) so they run eagerly. Values that require grad are never traced
+(``check_compiled_autograd``): the wrapper keeps C++ autograd out, so AOTAutograd would see no graph
+to differentiate and drop the gradients; those parts run eagerly with a warning. On torch 2.6,
+whose dynamo inlines ``__torch_function__`` and cannot break the graph inside it, these fallbacks
+raise their ``NotImplementedError`` instead.
 """
 
 from __future__ import annotations
@@ -326,8 +334,9 @@ def continue_while_compiling(func: Callable, args: tuple, kwargs: dict) -> Any:
 
 COMPILED_AUTOGRAD = (
     "a NestedTensor that requires grad cannot be compiled: its autograd lives on the packed values, which "
-    "AOTAutograd does not differentiate through the wrapper, so this part runs eagerly (gradients stay exact). "
-    "Compile inference under torch.no_grad() or torch.inference_mode() to get one graph"
+    "AOTAutograd does not differentiate through the wrapper; dynamo runs this part eagerly where it can break the "
+    "graph here (gradients stay exact), otherwise (fullgraph=True, torch 2.6) this error stops it. Compile "
+    "inference under torch.no_grad() or torch.inference_mode() to get one graph"
 )
 
 
