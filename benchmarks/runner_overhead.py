@@ -159,7 +159,11 @@ def checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> dict[s
 
 
 def print_checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> None:
-    """Print median milliseconds and median ratios of the pairs timed in the same repeat."""
+    """Print median milliseconds, median ratios of the pairs timed in the same repeat, and ratios of the fastest.
+
+    The fastest repeats are disturbed least by other programs (a save preempted by the scheduler
+    once costs a 4 ms tick on a busy machine, more than a small model's whole asynchronous save).
+    """
     costs = checkpoint_costs(dataset, width, repeats)
     parameters = sum(p.numel() for p in make_model(width).parameters())
 
@@ -167,7 +171,8 @@ def print_checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> 
         return f"{statistics.median(costs[name]) * 1e3:.2f} ms"
 
     def ratio(name: str, base: str) -> str:
-        return f"{statistics.median(a / b for a, b in zip(costs[name], costs[base])):.3f}x"
+        paired = statistics.median(a / b for a, b in zip(costs[name], costs[base]))
+        return f"{paired:.3f}x, fastest {min(costs[name]) / min(costs[base]):.3f}x"
 
     print(
         f"checkpoint (MLP width {width}, {parameters / 1e6:.2f}M parameters + AdamW state, {repeats} repeats): "

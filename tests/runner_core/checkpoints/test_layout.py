@@ -45,9 +45,10 @@ def test_only_unreferenced_data_files_outside_keep_are_removed(tmp_path):
     old, kept, named = (_write(layout, f"ckpt-e00000{i}.pth", b"x") for i in (1, 2, 3))
     layout.point("best.pth", named)
     (tmp_path / "notes.pth").write_bytes(b"a user's file")
-    removed = layout.remove_unreferenced([old, kept, named, "notes.pth", "best.pth", None], keep={kept})
-    assert removed == [old]
-    assert sorted(os.listdir(tmp_path)) == ["best.pth", kept, named, "notes.pth"]
+    layout.point("ckpt-e000009.pth", kept)  # an alias named like a history entry
+    candidates = [old, kept, named, "notes.pth", "best.pth", "ckpt-e000009.pth", None]
+    assert layout.remove_unreferenced(candidates, keep={kept}) == [old]
+    assert sorted(os.listdir(tmp_path)) == ["best.pth", kept, named, "ckpt-e000009.pth", "notes.pth"]
 
 
 def test_orphans_of_dead_processes_are_removed_at_start(tmp_path):

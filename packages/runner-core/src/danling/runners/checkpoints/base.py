@@ -305,7 +305,7 @@ class CheckpointManager:
                 ``checkpoint.last_save_model_only`` the model is also exported alone.
             force: Write even off the cadence (``load_only`` still wins).  A forced save (a seed
                 checkpoint, a save on ``SIGTERM`` in the middle of an epoch) never creates a history
-                alias: it need not sit on a cadence boundary.
+                entry: it need not sit on a cadence boundary.
         """
         if not name or any(separator in name for separator in ("/", "\\")) or name.startswith("."):
             raise ValueError(f"checkpoint name must be a plain file name without directories, got {name!r}")

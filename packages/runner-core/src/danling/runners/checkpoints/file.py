@@ -171,7 +171,13 @@ class FileCheckpointManager(CheckpointManager):
         if is_main_process():  # the process that writes; others may sit on hosts where its pid means nothing
             remove_stale_temporaries(self.directory)
             self.layout.remove_orphans()
-        self.history: deque[str] = deque(sorted(entry for entry in os.listdir(self.directory) if HISTORY.match(entry)))
+        self.history: deque[str] = deque(
+            sorted(
+                entry
+                for entry in os.listdir(self.directory)
+                if HISTORY.match(entry) and not os.path.islink(self.path(entry))
+            )
+        )
 
     def path(self, name: str) -> str:
         """Alias of checkpoint ``name`` (``"latest"`` -> ``{directory}/latest.pth``)."""

@@ -162,6 +162,8 @@ class CheckpointLayout:
             return []
         removed = []
         for name in sorted(doomed - self.referenced()):
+            if os.path.islink(self.path(name)):  # an alias that happens to look like a data file
+                continue
             with suppress(FileNotFoundError):
                 os.remove(self.path(name))
                 removed.append(name)
