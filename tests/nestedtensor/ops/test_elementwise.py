@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from danling.tensors import NestedTensor, forbid_slow_paths
@@ -62,12 +62,14 @@ COMPARISONS = {
 
 
 @pytest.mark.parametrize("name", UNARY)
+@settings(max_examples=20)
 @given(tensors=ragged_batches(), batch_first=st.booleans())
 def test_unary_ops_match_per_element_results(name, tensors, batch_first):
     check_op(UNARY[name], [tensors], nested_kwargs={"batch_first": batch_first})
 
 
 @pytest.mark.parametrize("name", BINARY)
+@settings(max_examples=20)
 @given(tensors=ragged_batches(), data=st.data())
 def test_binary_ops_with_a_nested_operand_of_the_same_layout(name, tensors, data):
     seed = data.draw(st.integers(0, 2**16))
@@ -76,6 +78,7 @@ def test_binary_ops_with_a_nested_operand_of_the_same_layout(name, tensors, data
 
 
 @pytest.mark.parametrize("name", COMPARISONS)
+@settings(max_examples=20)
 @given(tensors=ragged_batches())
 def test_comparisons_and_logical_ops(name, tensors):
     others = [t.flip(0) for t in tensors]

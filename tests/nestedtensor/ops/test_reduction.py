@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from danling.tensors import NestedTensor, forbid_slow_paths
@@ -48,6 +48,7 @@ def element_dims(dims: list[int], batch_first: bool) -> list[int]:
 
 
 @pytest.mark.parametrize("name", [*MULTI_DIM, *SINGLE_DIM])
+@settings(max_examples=20)
 @given(tensors=ragged_batches(max_rank=3, allow_empty=False), batch_first=st.booleans(), data=st.data())
 def test_reductions_inside_elements_match_per_element_results(name, tensors, batch_first, data):
     op = MULTI_DIM[name][0] if name in MULTI_DIM else SINGLE_DIM[name]
@@ -74,6 +75,7 @@ def test_reductions_inside_elements_match_per_element_results(name, tensors, bat
 
 
 @pytest.mark.parametrize("name", [*MULTI_DIM, *SINGLE_DIM])
+@settings(max_examples=20)
 @given(tensors=ragged_batches(max_rank=3, allow_empty=False), batch_first=st.booleans(), keepdim=st.booleans())
 def test_reducing_the_batch_dim_alone_reduces_every_element_whole(name, tensors, batch_first, keepdim):
     op = MULTI_DIM[name][0] if name in MULTI_DIM else SINGLE_DIM[name]
@@ -109,6 +111,7 @@ def masked_reference(tensors: list[torch.Tensor], name: str, dims: list[int], ke
 
 
 @pytest.mark.parametrize("name", MULTI_DIM)
+@settings(max_examples=20)
 @given(tensors=ragged_batches(max_rank=3, allow_empty=False), data=st.data())
 def test_reducing_the_batch_with_element_dims_reduces_the_padded_tensor_without_its_padding(name, tensors, data):
     rank = tensors[0].dim()
@@ -124,6 +127,7 @@ def test_reducing_the_batch_with_element_dims_reduces_the_padded_tensor_without_
 
 
 @pytest.mark.parametrize("name", MULTI_DIM)
+@settings(max_examples=20)
 @given(tensors=ragged_batches(max_rank=3, allow_empty=False), keepdim=st.booleans())
 def test_reducing_every_dim_is_one_value_over_the_real_data(name, tensors, keepdim):
     keepdim = keepdim and name not in NO_KEEPDIM
