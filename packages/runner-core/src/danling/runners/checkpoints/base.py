@@ -378,5 +378,7 @@ class CheckpointManager:
         drained = True if self._writer is None else self._writer.close(timeout)
         if drained and self._finalizer is not None:
             self._finalizer.detach()
+        if drained and self._staging is not None:
+            self._staging.claim()  # no more saves: let the host buffers go
         self._raise_deferred_error()
         return drained
