@@ -298,8 +298,8 @@ def flat_index(layout: NestedLayout, device: torch.device, padded: bool) -> Tens
 __all__ = [
     "ReductionPlan",
     "flat_index",
-    "plan_across_batch",
     "identity",
+    "plan_across_batch",
     "plan_reduction",
     "reduce_static",
     "reduced_layout",
