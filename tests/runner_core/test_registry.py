@@ -105,4 +105,3 @@ def test_registry_is_a_read_only_mapping_of_installed_stacks():
         RUNNER_REGISTRY["x"] = PluginRunner  # type: ignore[index]
     assert "auto" not in RUNNER_REGISTRY
     assert repr(RUNNER_REGISTRY).startswith("RUNNER_REGISTRY(")
-
