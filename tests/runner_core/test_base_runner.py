@@ -284,6 +284,17 @@ def test_auto_resume_without_a_checkpoint_starts_fresh(tmp_path, capsys):
     runner.close()
 
 
+def test_auto_resume_with_a_dangling_latest_alias_fails_loudly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a stable code id: the second runner must find the first one's run dir
+    first = ClassifierRunner(epoch_config(tmp_path, epochs=1))
+    first.train()
+    first.close()
+    latest = os.path.join(first.workspace.checkpoint_dir, "latest.pth")
+    os.remove(os.path.realpath(latest))  # the data file is gone, the alias is left dangling
+    with pytest.raises(FileNotFoundError, match="latest"):
+        ClassifierRunner(epoch_config(tmp_path, epochs=1, auto_resume=True))
+
+
 def test_load_only_writes_no_checkpoint_and_seed_checkpoint_is_forced(tmp_path):
     runner = ClassifierRunner(epoch_config(tmp_path, epochs=1, checkpoint={"load_only": True}))
     runner.train()

@@ -726,7 +726,8 @@ class BaseRunner(metaclass=MetaRunner):
             self.load_checkpoint(resume)
         elif auto_resume:
             latest = os.path.join(self.workspace.checkpoint_dir, "latest.pth")
-            if os.path.isfile(latest):
+            # lexists, not isfile: a dangling alias must fail loudly in load_checkpoint, not restart silently
+            if os.path.lexists(latest):
                 self.load_checkpoint(latest)
             else:
                 print(f"auto_resume: no checkpoint at {latest}; starting from scratch")
