@@ -115,7 +115,7 @@ def remove_stale_temporaries(directory: PathStr) -> list[str]:
     directory = os.fsdecode(directory)
     for entry in os.listdir(directory):
         match = _TEMPORARY_SUFFIX.search(entry)
-        if match is None or _process_alive(int(match.group(1))):
+        if match is None or process_alive(int(match.group(1))):
             continue
         with suppress(FileNotFoundError):
             os.remove(os.path.join(directory, entry))
@@ -123,13 +123,14 @@ def remove_stale_temporaries(directory: PathStr) -> list[str]:
     return removed
 
 
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be running; ``True`` whenever the platform cannot tell."""
+    if pid == os.getpid() or os.name == "nt":  # ``os.kill`` terminates processes on Windows: never ask there
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):  # exists but not ours, or the platform cannot tell
+    except OSError:  # exists but not ours
         return True
     return True

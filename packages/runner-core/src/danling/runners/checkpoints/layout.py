@@ -44,7 +44,7 @@ from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import BinaryIO
 
-from ...utils import atomic_link, atomic_write
+from ...utils.atomic import atomic_link, atomic_write, process_alive
 
 SUFFIX = ".pth"
 #: History entries: ``ckpt-e000003.pth`` (epochs) or ``ckpt-s000000001000.pth`` (steps).
@@ -174,7 +174,7 @@ class CheckpointLayout:
         orphans = []
         for entry in os.listdir(self.directory):
             match = _UNNAMED.match(entry)
-            if match is not None and not _process_alive(int(match["pid"])):
+            if match is not None and not process_alive(int(match["pid"])):
                 orphans.append(entry)
         return self.remove_unreferenced(orphans)
 
@@ -213,15 +213,4 @@ def _sync_directory(directory: str) -> None:
             raise
     finally:
         os.close(descriptor)
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid() or os.name == "nt":  # ``os.kill`` terminates processes on Windows: never ask there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists but not ours, or the platform cannot tell
-        return True
     return True
