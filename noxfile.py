@@ -85,7 +85,8 @@ FIND_SPEC = "import importlib.util, sys; print(*[m for m in sys.argv[1:] if impo
 def tests(session: nox.Session, torch: str) -> None:
     """The whole suite (core packages plus the umbrella) against one torch version."""
     editable = [arg for package in CORE_PACKAGES for arg in ("-e", f"packages/{package}")]
-    session.install(TORCH_VERSIONS[torch], *editable, "-e", ".", *DEV_DEPENDENCIES)
+    # setuptools: inductor of torch < 2.11 builds its CPU kernels with it (the torch.compile tests).
+    session.install(TORCH_VERSIONS[torch], "setuptools", *editable, "-e", ".", *DEV_DEPENDENCIES)
     session.run("python", "-c", "import torch; print('torch', torch.__version__)")
     session.run("pytest", *session.posargs)
 
