@@ -36,7 +36,7 @@ PACKAGES: dict[str, dict[str, list[str] | str]] = {
         "own": ["danling.tensors"],
         "requires": ["torch"],
         "absent": ["danling.metrics", "danling.optim", "danling.runners", "chanfig", "torchdata"],
-        "test_deps": [],
+        "test_deps": ["numpy"],  # Tensor.numpy() on a NestedTensor is tested; torch itself does not need numpy
     },
     "meters": {
         "distribution": "danling-meters",
