@@ -12,6 +12,7 @@ Examples::
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import nox
@@ -108,7 +109,9 @@ def _module_dir(site: Path, module: str) -> Path:
 def isolated(session: nox.Session, package: str) -> None:
     """Build every wheel, install one package alone in a fresh venv, check its imports, run its tests there."""
     spec = PACKAGES[package]
-    wheels = Path(session.create_tmp()) / "wheels"
+    # Not session.create_tmp(): it points TMPDIR inside this git checkout, and the tests' temporary
+    # run directories must lie outside any checkout (the runner derives its code id from git).
+    wheels = Path(tempfile.mkdtemp(prefix=f"danling-{package}-wheels-"))
     session.run("uv", "build", "--all-packages", "--wheel", "--out-dir", str(wheels), "-q", external=True)
     # Sibling distributions come from the freshly built wheels; everything else from the index.
     session.install("--find-links", str(wheels), f"{spec['distribution']}==0.1.0")

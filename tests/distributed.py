@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +63,15 @@ def _entry(
             dist.destroy_process_group()
 
 
+def _check_alive(processes: list, outcomes: dict, deadline: float, timeout: float) -> None:
+    """Fail fast when a worker died without reporting (a crash in C++, an import error), or on timeout."""
+    for rank, process in enumerate(processes):
+        if rank not in outcomes and process.exitcode is not None:
+            raise AssertionError(f"rank {rank} exited with code {process.exitcode} without reporting a result")
+    if time.monotonic() > deadline:
+        raise AssertionError(f"distributed workers timed out after {timeout}s; finished: {sorted(outcomes)}")
+
+
 def run_workers(
     fn: Callable[..., Any],
     world_size: int,
@@ -83,14 +93,14 @@ def run_workers(
     for process in processes:
         process.start()
     outcomes: dict[int, tuple[bool, Any]] = {}
+    deadline = time.monotonic() + timeout
     try:
         while len(outcomes) < world_size:
             try:
-                rank, ok, value = results.get(timeout=timeout)
+                rank, ok, value = results.get(timeout=0.5)
             except queue.Empty:
-                raise AssertionError(
-                    f"distributed workers timed out after {timeout}s; finished: {sorted(outcomes)}"
-                ) from None
+                _check_alive(processes, outcomes, deadline, timeout)
+                continue
             outcomes[rank] = (ok, value)
             if not ok:
                 raise AssertionError(f"rank {rank} failed:\n{value}")

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from danling.runners import TorchRunner
-from tests.distributed import run_workers
+from tests.distributed import free_port, run_workers
 
 pytestmark = pytest.mark.distributed
 
@@ -94,7 +94,13 @@ def _accumulated_steps(rank, world_size, root):
 
 def _owned_group(rank, world_size, root):
     """A runner launched like ``torchrun`` (environment only) starts the process group and tears it down."""
+    # A fresh rendezvous port, agreed on the old group: reusing the old one lets a fast rank reach the
+    # old store before a slow rank has torn it down, and then wait forever on the new one.
+    port = [free_port() if rank == 0 else None]
+    torch.distributed.broadcast_object_list(port, src=0)
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    os.environ["MASTER_PORT"] = str(port[0])
     inputs, targets = torch.randn(8, 2), torch.randn(8, 1)
     config = _config(root, backend="gloo")
     runner = SeededRunner(config, TensorDataset(inputs, targets), _linear(2, 1), nn.MSELoss())
