@@ -562,6 +562,8 @@ class BaseRunner(metaclass=MetaRunner):
             progress = self.train_state.global_step
         else:
             progress = self.train_state.epoch if epochs is None else epochs + 1
+        if not manager.should_save(progress, last_step=last_step, force=force):
+            return False  # before scoring the results: the loops ask at every cadence boundary
         best = save_best and self.is_best
         return manager.save(self.state_dict, progress=progress, name=name, best=best, last_step=last_step, force=force)
 

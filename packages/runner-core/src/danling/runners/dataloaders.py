@@ -94,10 +94,11 @@ def build_sampler(
 
 class RandomBatchSampler(Sampler[list[int]]):
     r"""
-    Shuffled batches of indices, resumable mid-pass, at the cost of slicing one permutation per batch.
+    Shuffled batches of indices, resumable mid-pass, each a slice of one permutation per pass.
 
-    Each pass draws a permutation from ``generator`` (never from the global generator) and hands
-    it out ``batch_size`` indices at a time.  ``state_dict`` records the generator state at the
+    Each pass draws a permutation from ``generator`` (never from the global generator), turns it
+    into a Python list once, and hands it out ``batch_size`` indices at a time (a list slice: no
+    tensor operation per batch).  ``state_dict`` records the generator state at the
     start of the pass and how many batches were handed out; ``load_state_dict`` redraws that
     permutation and continues after them, so the rest of the pass and every later pass match an
     uninterrupted run.  torchdata's per-index samplers do the same one Python call per index;
@@ -121,7 +122,7 @@ class RandomBatchSampler(Sampler[list[int]]):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         self.size, self.batch_size, self.drop_last, self.generator = size, batch_size, drop_last, generator
         self._start: torch.Tensor | None = None  # generator state when the current pass began
-        self._order: torch.Tensor | None = None  # permutation of the current pass
+        self._order: list[int] | None = None  # permutation of the current pass
         self._yielded = 0  # batches of it handed out
         self._resume = False  # the next ``iter()`` continues a loaded pass instead of starting one
 
@@ -133,15 +134,15 @@ class RandomBatchSampler(Sampler[list[int]]):
         # iterator it never uses (torchdata does, when resuming a finished pass).
         if not self._resume:
             self._start = self.generator.get_state()
-            self._order, self._yielded = torch.randperm(self.size, generator=self.generator), 0
+            self._order, self._yielded = torch.randperm(self.size, generator=self.generator).tolist(), 0
         self._resume = False
         return self._batches(self._order, self._yielded)
 
-    def _batches(self, order: torch.Tensor, first: int) -> Iterator[list[int]]:
+    def _batches(self, order: list[int], first: int) -> Iterator[list[int]]:
         size = self.batch_size
         for index in range(first, len(self)):
             self._yielded = index + 1
-            yield order[index * size : (index + 1) * size].tolist()
+            yield order[index * size : (index + 1) * size]
 
     def state_dict(self) -> dict[str, Any]:
         if self._start is None:
@@ -153,7 +154,7 @@ class RandomBatchSampler(Sampler[list[int]]):
         self._start, self._order, self._yielded, self._resume = None, None, 0, False
         if state_dict["yielded"]:  # a pass was under way (or just done): redraw it and continue after its batches
             self._start = self.generator.get_state()
-            self._order = torch.randperm(self.size, generator=self.generator)
+            self._order = torch.randperm(self.size, generator=self.generator).tolist()
             self._yielded, self._resume = int(state_dict["yielded"]), True
 
 

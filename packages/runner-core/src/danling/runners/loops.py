@@ -24,7 +24,7 @@ import torch
 from danling.metrics import RoundDict
 
 from .dataloaders import loader_length, set_sampler_epoch
-from .reporting import format_epoch_line
+from .reporting import LoopProgress, format_epoch_line
 from .step import loss_normalizer
 from .utils import RunnerMode
 
@@ -41,8 +41,6 @@ __all__ = [
     "train_split_steps",
     "train_steps",
 ]
-
-_END = object()
 
 
 @dataclass
@@ -108,6 +106,15 @@ class LoopState:
         self.passes = {str(split): int(count) for split, count in dict(state_dict.get("passes") or {}).items()}
 
 
+@dataclass(frozen=True)
+class _Turn:
+    """One split's turn in a step-mode round: the global step it ends at, the save cadence, its progress."""
+
+    target: int
+    checkpoint_interval: int
+    progress: LoopProgress
+
+
 def _begin(runner: TorchRunner, mode: RunnerMode, split: str, metrics: Any) -> None:
     runner.mode = mode
     runner.split = split
@@ -140,13 +147,6 @@ def _training_meters(runner: TorchRunner) -> tuple[Any, Any, dict | None, bool]:
     """The loss and learning-rate meters, the parameter group whose rate is recorded, and whether on the CPU."""
     group = runner.optimizer.param_groups[0] if runner.optimizer is not None else None
     return runner.meters["loss"], runner.meters["lr"], group, runner.device.type == "cpu"
-
-
-def _after_update(runner: TorchRunner, step_before: int, interval: int) -> None:
-    """Save a step-cadence checkpoint when this batch completed an optimizer step on the cadence."""
-    step = runner.train_state.global_step
-    if step != step_before and interval > 0 and step % interval == 0:
-        runner.save_checkpoint()
 
 
 # epoch mode
@@ -282,37 +282,54 @@ def train_split_steps(
     loop.begin(split, target)
     _begin(runner, RunnerMode.train, split, runner.train_metrics)
     progress = runner.loop_progress(split, total=max(target - state.global_step, 0))
-    meters, weigh = _training_meters(runner), runner.weighs_micro_batches
-    interval = runner.checkpoint_interval
+    turn = _Turn(target, runner.checkpoint_interval, progress)
     try:
         while state.global_step < target:
             iterator = iterators.get(split)
             if iterator is None:
                 set_sampler_epoch(loader, loop.passes.get(split, 0))
                 iterator = iterators[split] = iter(loader)
-            batch = next(iterator, _END)
+            if _train_until(runner, split, iterator, turn):
+                break
+            # the pass is over: apply a partial window, start the next pass
+            empty = loop.batches.get(split, 0) == 0
+            loop.end_pass(split)
+            iterators[split] = None
             step_before = state.global_step
-            if batch is _END:  # the pass is over: apply a partial window, start the next pass
-                empty = loop.batches.get(split, 0) == 0
-                loop.end_pass(split)
-                iterators[split] = None
-                runner.flush_gradients()
-            else:
-                _train_batch(runner, batch, meters, weigh)
-                loop.batches[split] = loop.batches.get(split, 0) + 1
+            runner.flush_gradients()
             if state.global_step != step_before:
-                progress.advance()
-                _after_update(runner, step_before, interval)
-                if progress.interval > 0 and (
-                    state.global_step % progress.interval == 0 or state.global_step == target
-                ):
-                    runner.step_log(split, state.global_step, runner.steps, progress=progress)
-            if batch is _END and empty:
+                _after_update(runner, split, turn)
+            if empty:
                 break
     finally:
         progress.close()
     loop.finish(split)
     return runner.get_epoch_result()
+
+
+def _train_until(runner: TorchRunner, split: str, iterator: Iterator, turn: _Turn) -> bool:
+    """Train on ``iterator``'s batches until ``global_step`` reaches the turn's target (``True``) or the pass ends."""
+    state, loop, target = runner.train_state, runner.loop_state, turn.target
+    meters, weigh = _training_meters(runner), runner.weighs_micro_batches
+    for batch in iterator:
+        step_before = state.global_step
+        _train_batch(runner, batch, meters, weigh)
+        loop.batches[split] = loop.batches.get(split, 0) + 1
+        if state.global_step != step_before:
+            _after_update(runner, split, turn)
+            if state.global_step >= target:
+                return True
+    return False
+
+
+def _after_update(runner: TorchRunner, split: str, turn: _Turn) -> None:
+    """After an optimizer step: advance the progress, save on the checkpoint cadence, log on the log cadence."""
+    step, progress = runner.train_state.global_step, turn.progress
+    progress.advance()
+    if turn.checkpoint_interval > 0 and step % turn.checkpoint_interval == 0:
+        runner.save_checkpoint()
+    if progress.interval > 0 and (step % progress.interval == 0 or step == turn.target):
+        runner.step_log(split, step, runner.steps, progress=progress)
 
 
 # evaluation and inference

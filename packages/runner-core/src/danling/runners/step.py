@@ -34,6 +34,8 @@ from .distributed import all_reduce_sum, any_rank
 
 #: Batch keys (and keys of a mapping target) that state the loss normalizer explicitly.
 NORMALIZER_KEYS = ("loss_normalizer", "num_valid_tokens", "valid_tokens", "num_tokens", "token_count")
+#: The context of a step that needs none (``nullcontext`` holds no state, so one serves every step).
+NO_CONTEXT = contextlib.nullcontext()
 
 
 def split_batch(data: Any) -> tuple[Any, Any]:
@@ -45,6 +47,9 @@ def split_batch(data: Any) -> tuple[Any, Any]:
         >>> split_batch({"input": 1, "target": 2}), split_batch((1, 2)), split_batch([1]), split_batch(3)
         ((1, 2), (1, 2), (1, None), (3, None))
     """
+    kind = type(data)
+    if kind is list or kind is tuple:  # what ``default_collate`` makes of (input, target) samples
+        return data[0], (data[1] if len(data) > 1 else None)
     if isinstance(data, Mapping):
         if "input" not in data:
             raise KeyError(
@@ -148,7 +153,7 @@ def autocast_dtype(precision: str | None) -> torch.dtype | None:
 def forward_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` on ``device`` with ``dtype``, or a no-op context for full precision."""
     if dtype is None:
-        return contextlib.nullcontext()
+        return NO_CONTEXT
     return torch.autocast(device.type, dtype=dtype)
 
 
@@ -346,7 +351,7 @@ class OptimizerContainer:
 def no_sync(modules: Sequence[Any], enabled: bool) -> contextlib.AbstractContextManager:
     """Enter ``module.no_sync()`` of every DDP module when ``enabled`` (gradient accumulation)."""
     if not enabled or not modules:
-        return contextlib.nullcontext()
+        return NO_CONTEXT
     stack = contextlib.ExitStack()
     for module in modules:
         stack.enter_context(module.no_sync())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import Any
 
@@ -48,6 +48,7 @@ from .distributed import (
 from .optim import build_optimizer, build_scheduler, monitored_metric, wrap_scheduler
 from .registry import normalize_stack_name
 from .step import (
+    NO_CONTEXT,
     OptimizerContainer,
     autocast_dtype,
     build_grad_scaler,
@@ -279,7 +280,7 @@ class TorchRunner(BaseRunner):
     def train_context(self) -> AbstractContextManager:
         """``no_sync()`` of a DDP model while a micro-batch does not end an accumulation window."""
         if self.accum_steps == 1 or not isinstance(self.model, nn.parallel.DistributedDataParallel):
-            return nullcontext()
+            return NO_CONTEXT
         return no_sync([self.model], enabled=(self.train_state.micro_step + 1) % self.accum_steps != 0)
 
     def to_device(self, data: Any) -> Any:
