@@ -1,6 +1,6 @@
 """What ``TorchRunner`` costs over a hand-written PyTorch loop, and what its checkpoints cost.
 
-Run: ``.venv/bin/python benchmarks/runner_overhead.py [--repeats 7] [--steps 256]``
+Run: ``.venv/bin/python benchmarks/runner_overhead.py [--repeats 21] [--steps 256]``
 
 Training task (the same for every variant): 8192 samples of 64 features, 10 classes, an MLP
 64-256-256-10, AdamW, batch 64 (shuffled), ``--steps`` optimizer steps, one CPU thread.
@@ -195,7 +195,7 @@ def interleave(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--checkpoint-repeats", type=int, default=25)
     args = parser.parse_args()

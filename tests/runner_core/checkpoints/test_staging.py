@@ -80,3 +80,23 @@ def test_tensors_that_do_not_fit_a_buffer_are_copied_anyway():
     copied = snapshot({"sparse": sparse, "dense": torch.ones(3)}, pool, staged)
     assert copied["sparse"].layout == torch.sparse_coo and torch.equal(copied["sparse"].to_dense(), torch.eye(3))
     assert len(staged) == 1 and staged[0] is copied["dense"]
+
+
+def test_pooled_copies_of_mixed_dtypes_and_strided_sources_are_exact():
+    # The host copies of one snapshot are done together (one foreach call): each must still land
+    # in its own buffer with its own dtype, whatever the source's strides.
+    pool = StagingPool()
+    sources = {
+        "transposed": torch.arange(6.0).reshape(2, 3).t(),
+        "half": torch.linspace(0, 1, 5, dtype=torch.float16),
+        "ids": torch.arange(7, dtype=torch.int32)[::2],
+        "flag": torch.tensor(True),
+    }
+    staged: list[torch.Tensor] = []
+    copied = snapshot(sources, pool, staged)
+    for source in sources.values():
+        source.zero_() if source.dtype != torch.bool else source.logical_not_()
+    assert torch.equal(copied["transposed"], torch.arange(6.0).reshape(2, 3).t())
+    assert copied["half"].dtype == torch.float16 and torch.equal(copied["half"], torch.linspace(0, 1, 5).half())
+    assert torch.equal(copied["ids"], torch.tensor([0, 2, 4, 6], dtype=torch.int32)) and bool(copied["flag"])
+    assert len(staged) == 4

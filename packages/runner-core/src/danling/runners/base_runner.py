@@ -416,6 +416,8 @@ class BaseRunner(metaclass=MetaRunner):
     @property
     def is_best(self) -> bool:
         """Whether the latest result is the best (``True`` before the first result)."""
+        if not self.results:
+            return True  # without computing scores: every save asks
         return results_lib.is_best(self.results, self.scores or {}, self.config.score_name)
 
     def should_stop_early(self) -> bool:
@@ -531,7 +533,7 @@ class BaseRunner(metaclass=MetaRunner):
             "state": self.state.state_dict(),
             "dataloaders": self.dataloader_state_dict(),
             "loop": self.loop_state.state_dict(),
-            "results": self.results.dict(),
+            "results": plain_data(self.results),
         }
 
     def dataloader_state_dict(self) -> dict[str, Any]:

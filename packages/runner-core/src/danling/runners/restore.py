@@ -129,6 +129,9 @@ def plain_data(value: Any) -> Any:
         >>> plain_data(config) == config.dict(), type(plain_data(config)["optim"])
         (True, <class 'dict'>)
     """
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
     if isinstance(value, dict):
         return {key: plain_data(item) for key, item in value.items()}
     if isinstance(value, list):

@@ -86,16 +86,32 @@ def snapshot(tree: Any, pool: StagingPool | None = None, staged: list[torch.Tens
         (tensor([0., 0.]), True)
     """
     with torch.no_grad():
-        return _Snapshot(pool, staged).copy(tree)
+        copier = _Snapshot(pool, staged)
+        copied = copier.copy(tree)
+        copier.flush()
+        return copied
 
 
 class _Snapshot:
-    """One snapshot in progress: remembers tensors already copied (by identity) so sharing survives."""
+    """One snapshot in progress: remembers tensors already copied (by identity) so sharing survives.
+
+    Host-to-host copies into staging buffers are queued and done by ``flush`` in one
+    ``torch._foreach_copy_`` call (a checkpoint has many small tensors, such as Adam's step counts,
+    whose copies would otherwise cost a Python call each).
+    """
 
     def __init__(self, pool: StagingPool | None, staged: list[torch.Tensor] | None) -> None:
         self.free = pool.claim() if pool is not None else None
         self.staged = staged if staged is not None else []
         self.copies: dict[int, torch.Tensor] = {}
+        self.sources: list[torch.Tensor] = []  # queued host copies: sources ...
+        self.targets: list[torch.Tensor] = []  # ... and the buffers they go to
+
+    def flush(self) -> None:
+        """Do the queued host-to-host copies."""
+        if self.sources:
+            torch._foreach_copy_(self.targets, self.sources)
+            self.sources, self.targets = [], []
 
     def copy(self, tree: Any) -> Any:
         # Exact type checks first: abstract-class checks cost microseconds, and a payload has hundreds of leaves.
@@ -122,8 +138,11 @@ class _Snapshot:
         if self.free is not None and _stageable(tensor):
             buffers = self.free.get((tensor.shape, tensor.dtype))
             copied = buffers.pop() if buffers else torch.empty(tensor.shape, dtype=tensor.dtype)
-            # From an accelerator into pageable memory the copy returns once the data is on the host.
-            copied.copy_(tensor)
+            if tensor.device.type == "cpu":
+                self.sources.append(tensor)
+                self.targets.append(copied)
+            else:  # into pageable memory: the copy returns once the data is on the host
+                copied.copy_(tensor)
             self.staged.append(copied)
         else:
             copied = tensor.detach().to("cpu", copy=True)
