@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 from danling.tensors import NestedTensor
 from danling.tensors._layout import NestedLayout
 from danling.tensors._padding import (
+    _pad_with_jagged_kernel,
+    _PadSequences,
     dense_to_values,
     mask_drops_last_dim,
     padded_mask,
@@ -23,6 +25,24 @@ CPU = torch.device("cpu")
 def test_to_padded_matches_per_element_padding(tensors, fill):
     layout = NestedLayout.from_shapes([t.shape for t in tensors])
     assert torch.equal(to_padded(layout, layout.pack(tensors), fill), padded(tensors, fill))
+
+
+@pytest.mark.parametrize("fill", [0.0, -2.5])
+def test_accelerator_padding_kernel_agrees_with_the_cpu_path(fill):
+    # Accelerators pad sequences with the jagged kernel, the CPU with pad_sequence: both from one layout.
+    tensors = [torch.randn(n, 3) for n in (4, 0, 7, 1)]
+    layout = NestedLayout.from_shapes([t.shape for t in tensors])
+    values = layout.pack(tensors)
+    expected = padded(tensors, fill)
+    assert torch.equal(_pad_with_jagged_kernel(values, layout, fill), expected)
+    assert torch.equal(to_padded(layout, values, fill), expected)
+
+
+def test_padding_gradient_is_packed_back_in_one_kernel():
+    tensors = [torch.randn(n, 2, dtype=torch.float64) for n in (3, 1, 4)]
+    layout = NestedLayout.from_shapes([t.shape for t in tensors])
+    values = layout.pack(tensors).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: _PadSequences.apply(v, layout, 0.0), (values,))
 
 
 @given(ragged_batches(), st.booleans())

@@ -11,6 +11,7 @@ from math import prod
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from ._guard import check_padding
 from ._layout import NestedLayout, inverse_permutation
@@ -20,19 +21,36 @@ _JAGGED_KERNELS = hasattr(torch.ops.aten, "_jagged_to_padded_dense_forward") and
 )
 
 
+def _pad_sequences(values: Tensor, layout: NestedLayout, padding_value: float) -> Tensor:
+    """Pad packed sequences (one ragged leading dim) to ``(B, max_length, *static)``.
+
+    On the CPU ``pad_sequence`` over ``split`` views is a fill plus one ``memcpy`` per sequence,
+    about 10% faster than the jagged kernel; on accelerators the jagged kernel is one launch
+    where ``pad_sequence`` would be one per sequence.
+    """
+    if values.device.type == "cpu":
+        return pad_sequence(values.split(layout.packed_sizes), batch_first=True, padding_value=padding_value)
+    return _pad_with_jagged_kernel(values, layout, padding_value)
+
+
+def _pad_with_jagged_kernel(values: Tensor, layout: NestedLayout, padding_value: float) -> Tensor:
+    offsets = layout.offsets_on(values.device)
+    return torch.ops.aten._jagged_to_padded_dense_forward(values, [offsets], [layout.max_sizes[0]], padding_value)
+
+
 class _PadSequences(torch.autograd.Function):
-    """Padding of one ragged leading dim with torch's jagged kernels (the ones ``torch.nested`` uses)."""
+    """``_pad_sequences`` whose backward is one jagged kernel (instead of a slice backward per sequence)."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, offsets: Tensor, max_length: int, padding_value: float) -> Tensor:
-        ctx.save_for_backward(offsets)
+    def forward(ctx, values: Tensor, layout: NestedLayout, padding_value: float) -> Tensor:
+        ctx.save_for_backward(layout.offsets_on(values.device))
         ctx.rows = values.shape[0]
-        return torch.ops.aten._jagged_to_padded_dense_forward(values, [offsets], [max_length], padding_value)
+        return _pad_sequences(values, layout, padding_value)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
         (offsets,) = ctx.saved_tensors
-        return torch.ops.aten._padded_dense_to_jagged_forward(grad, [offsets], ctx.rows), None, None, None
+        return torch.ops.aten._padded_dense_to_jagged_forward(grad, [offsets], ctx.rows), None, None
 
 
 def to_padded(layout: NestedLayout, values: Tensor, padding_value: float) -> Tensor:
@@ -54,10 +72,9 @@ def to_padded(layout: NestedLayout, values: Tensor, padding_value: float) -> Ten
     if batch == 0:
         return values.new_full((0, *layout.max_sizes), padding_value)
     if _JAGGED_KERNELS and layout.ragged_rank == 1 and layout.is_identity and not values.is_complex():
-        offsets = layout.offsets_on(values.device)
         if values.requires_grad and torch.is_grad_enabled():
-            return _PadSequences.apply(values, offsets, layout.max_sizes[0], padding_value)
-        return torch.ops.aten._jagged_to_padded_dense_forward(values, [offsets], [layout.max_sizes[0]], padding_value)
+            return _PadSequences.apply(values, layout, padding_value)
+        return _pad_sequences(values, layout, padding_value)
     out = values.new_full((batch * prod(ragged_max), *static), padding_value)
     if values.shape[0]:
         out.index_copy_(0, layout.padded_row_index(values.device), values)
