@@ -22,7 +22,8 @@ plain ``torch.save(runner.state_dict(), path)`` overwriting one path each time (
 the same save with ``checkpoint.fsync=True`` (durable against power loss) against that baseline
 and against ``torch.save`` followed by ``fsync``; and the time an asynchronous ``save_checkpoint``
 takes to return (it copies tensors to host memory, then writes on a background thread) as a
-fraction of the synchronous save.  The variants are interleaved; medians of ``--checkpoint-repeats``.
+fraction of the synchronous save.  Each save follows a training step of its runner (untimed), as
+saves do in a run.  The variants are interleaved; medians of ``--checkpoint-repeats``.
 """
 
 from __future__ import annotations
@@ -146,13 +147,24 @@ def checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> dict[s
             runners[name] = BenchmarkRunner(config, dataset, width)
             runners[name].train()  # optimizer state exists, as in a real run
         plain, source = os.path.join(root, "plain.pth"), runners["sync"]
+        batch = next(iter(source.dataloaders["train"]))
+
+        def after_a_step(runner: BenchmarkRunner, save: Callable[[], object]) -> Callable[[], object]:
+            runner.train_step(batch)  # untimed: a run saves right after an optimizer step
+            return save
+
+        fsynced, background = runners["sync fsync"], runners["async"]
+        # Durable saves in a second pass: their flushes to disk slow down whatever runs next.
         for _ in range(repeats):
-            timed("torch.save", lambda: _torch_save(source.state_dict(), plain, fsync=False))
-            timed("sync", lambda: runners["sync"].save_checkpoint(force=True))
-            timed("torch.save fsync", lambda: _torch_save(source.state_dict(), plain, fsync=True))
-            timed("sync fsync", lambda: runners["sync fsync"].save_checkpoint(force=True))
-            timed("async return", lambda: runners["async"].save_checkpoint(force=True))
-            runners["async"].checkpoint_manager.wait()  # written before the next timing, as between real saves
+            timed("async return", after_a_step(background, lambda: background.save_checkpoint(force=True)))
+            background.checkpoint_manager.wait()  # written before the next timing, as between real saves
+            timed("torch.save", after_a_step(source, lambda: _torch_save(source.state_dict(), plain, fsync=False)))
+            timed("sync", after_a_step(source, lambda: source.save_checkpoint(force=True)))
+        for _ in range(repeats):
+            timed(
+                "torch.save fsync", after_a_step(source, lambda: _torch_save(source.state_dict(), plain, fsync=True))
+            )
+            timed("sync fsync", after_a_step(fsynced, lambda: fsynced.save_checkpoint(force=True)))
         for runner in runners.values():
             runner.close()
     return timings

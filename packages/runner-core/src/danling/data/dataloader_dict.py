@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from chanfig import FlatDict
@@ -24,16 +24,19 @@ class DataLoaderDict(FlatDict):
         >>> next(iterator)
         tensor([0, 1])
         >>> state = loaders.state_dict()
+        >>> list(state), loaders.state_dict(["val"])  # only the splits asked for (and present)
+        (['train'], {})
         >>> resumed = DataLoaderDict(train=StatefulDataLoader(list(range(6)), batch_size=2))
         >>> resumed.load_state_dict(state)
         >>> next(iter(resumed.train))
         tensor([2, 3])
     """
 
-    def state_dict(self) -> dict[str, Any]:
-        """Return ``{split: loader.state_dict()}`` for every loader that can save its position."""
+    def state_dict(self, splits: Iterable[str] | None = None) -> dict[str, Any]:
+        """Return ``{split: loader.state_dict()}`` for every loader (of ``splits``, if given) that can save its position."""
         states: dict[str, Any] = {}
-        for split, loader in self.items():
+        chosen = self.items() if splits is None else ((split, self[split]) for split in splits if split in self)
+        for split, loader in chosen:
             state_dict = getattr(loader, "state_dict", None)
             if callable(state_dict):
                 state = state_dict()

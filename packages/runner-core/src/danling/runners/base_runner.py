@@ -538,8 +538,7 @@ class BaseRunner(metaclass=MetaRunner):
 
     def dataloader_state_dict(self) -> dict[str, Any]:
         """Positions of the training loaders (evaluation loaders always start from their beginning)."""
-        training = set(self.train_splits)
-        return {split: state for split, state in self.dataloaders.state_dict().items() if split in training}
+        return self.dataloaders.state_dict(self.train_splits)
 
     def save_checkpoint(
         self,

@@ -63,8 +63,11 @@ class StagingPool:
 def _stageable(tensor: torch.Tensor) -> bool:
     # Plain dense tensors (parameters included) fit a recycled buffer; subclasses, sparse and
     # quantized tensors are copied the general way.
-    return (type(tensor) is torch.Tensor or type(tensor) is torch.nn.Parameter) and (
-        tensor.layout == torch.strided and not tensor.is_quantized
+    kind = type(tensor)
+    return (
+        (kind is torch.Tensor or kind is torch.nn.Parameter)
+        and tensor.layout is torch.strided
+        and not tensor.is_quantized
     )
 
 
@@ -136,9 +139,10 @@ class _Snapshot:
         if copied is not None:
             return copied
         if self.free is not None and _stageable(tensor):
-            buffers = self.free.get((tensor.shape, tensor.dtype))
-            copied = buffers.pop() if buffers else torch.empty(tensor.shape, dtype=tensor.dtype)
-            if tensor.device.type == "cpu":
+            shape, dtype = tensor.shape, tensor.dtype
+            buffers = self.free.get((shape, dtype))
+            copied = buffers.pop() if buffers else torch.empty(shape, dtype=dtype)
+            if tensor.is_cpu:
                 self.sources.append(tensor)
                 self.targets.append(copied)
             else:  # into pageable memory: the copy returns once the data is on the host
