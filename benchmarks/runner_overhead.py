@@ -148,6 +148,8 @@ def checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> dict[s
             runners[name].train()  # optimizer state exists, as in a real run
         plain, source = os.path.join(root, "plain.pth"), runners["sync"]
         batch = next(iter(source.dataloaders["train"]))
+        if hasattr(os, "sync"):  # write back what earlier runs left in the page cache before timing
+            os.sync()
 
         def after_a_step(runner: BenchmarkRunner, save: Callable[[], object]) -> Callable[[], object]:
             runner.train_step(batch)  # untimed: a run saves right after an optimizer step

@@ -100,3 +100,24 @@ def test_pooled_copies_of_mixed_dtypes_and_strided_sources_are_exact():
     assert copied["half"].dtype == torch.float16 and torch.equal(copied["half"], torch.linspace(0, 1, 5).half())
     assert torch.equal(copied["ids"], torch.tensor([0, 2, 4, 6], dtype=torch.int32)) and bool(copied["flag"])
     assert len(staged) == 4
+
+
+def test_fresh_entries_are_kept_as_they_are_and_the_rest_is_copied():
+    config, weight = {"lr": 0.1, "groups": [1, 2]}, torch.ones(2)
+    copied = snapshot({"runner": config, "model": {"weight": weight}}, fresh=("runner",))
+    assert copied["runner"] is config  # declared fresh: not walked again
+    weight.add_(1)
+    assert torch.equal(copied["model"]["weight"], torch.ones(2))
+
+
+def test_fresh_entries_are_declared_per_state_dict_method():
+    from danling.runners import TorchRunner
+    from danling.runners.checkpoints import declared_fresh_entries
+
+    class Overriding(TorchRunner):
+        def state_dict(self):  # may put live objects anywhere: declares nothing
+            return super().state_dict()
+
+    runner = TorchRunner.__new__(TorchRunner)
+    assert set(declared_fresh_entries(runner)) == {"runner", "state", "loop", "results"}
+    assert declared_fresh_entries(Overriding.__new__(Overriding)) == ()

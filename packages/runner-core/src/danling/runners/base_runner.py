@@ -37,7 +37,13 @@ from danling.metrics import AverageMeters, RoundDict
 from danling.utils import save as save_file
 
 from . import results as results_lib
-from .checkpoints import CheckpointManager, FileCheckpointManager, resolve_checkpoint_interval
+from .checkpoints import (
+    CheckpointManager,
+    FileCheckpointManager,
+    declared_fresh_entries,
+    fresh_entries,
+    resolve_checkpoint_interval,
+)
 from .checkpoints import read_config as read_checkpoint_config
 from .config import RunnerConfig, check_semantic_match
 from .dataloaders import loader_length
@@ -525,6 +531,7 @@ class BaseRunner(metaclass=MetaRunner):
 
     # checkpoints: saving
 
+    @fresh_entries("runner", "state", "loop", "results")
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint payload: config, progress, RNG, loader positions, loop position and results."""
         self.rng_state.capture()
@@ -566,7 +573,15 @@ class BaseRunner(metaclass=MetaRunner):
         if not manager.should_save(progress, last_step=last_step, force=force):
             return False  # before scoring the results: the loops ask at every cadence boundary
         best = save_best and self.is_best
-        return manager.save(self.state_dict, progress=progress, name=name, best=best, last_step=last_step, force=force)
+        return manager.save(
+            self.state_dict,
+            progress=progress,
+            name=name,
+            best=best,
+            last_step=last_step,
+            force=force,
+            fresh=declared_fresh_entries(self),
+        )
 
     def save_seed_checkpoint(self, name: str = "seed") -> bool:
         """Save the untrained state as ``{name}.pth`` (for reproducing a run from its start)."""

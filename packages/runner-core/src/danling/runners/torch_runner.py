@@ -36,6 +36,7 @@ from danling.optim import BuiltScheduler
 
 from . import loops
 from .base_runner import BaseRunner
+from .checkpoints import fresh_entries
 from .config import RunnerConfig
 from .dataloaders import build_dataloader, loader_kwargs
 from .distributed import (
@@ -451,6 +452,7 @@ class TorchRunner(BaseRunner):
 
     # checkpoints
 
+    @fresh_entries("runner", "state", "loop", "results")  # BaseRunner's; the entries added here are live
     def state_dict(self) -> dict[str, Any]:
         """``BaseRunner.state_dict`` plus ``ema``, ``optimizer``, ``scheduler``, ``scaler`` and ``model``."""
         if self.model is None:

@@ -1,7 +1,8 @@
 """Checkpoint managers: decide when to save, write atomically, and find checkpoints again.
 
 - ``CheckpointManager`` (``base``): cadence, payload collection, background writer, health.
-- ``snapshot`` / ``StagingPool`` (``staging``): host copies of a payload for asynchronous writes.
+- ``snapshot`` / ``StagingPool`` (``staging``): host copies of a payload for asynchronous writes;
+  ``fresh_entries`` declares the entries of a ``state_dict`` that need no copy.
 - ``FileCheckpointManager`` (``file``): ``torch.save`` files with ``latest``/``best``/history
   aliases, ``keep_latest_k`` retention; ``load_checkpoint``, ``resolve_checkpoint_path`` and
   ``read_config`` for loading without a manager.
@@ -22,7 +23,7 @@ from .base import (
 from .export import load_model_state, save_model_state
 from .file import FileCheckpointManager, load_checkpoint, read_config, resolve_checkpoint_path
 from .layout import CheckpointLayout
-from .staging import StagingPool, snapshot
+from .staging import StagingPool, declared_fresh_entries, fresh_entries, snapshot
 
 __all__ = [
     "BackgroundWriter",
@@ -34,6 +35,8 @@ __all__ = [
     "SaveRequest",
     "StagingPool",
     "collect_state",
+    "declared_fresh_entries",
+    "fresh_entries",
     "load_checkpoint",
     "load_model_state",
     "read_config",

@@ -21,7 +21,7 @@ import threading
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -291,6 +291,7 @@ class CheckpointManager:
         best: bool = False,
         last_step: bool = False,
         force: bool = False,
+        fresh: Collection[str] = (),
     ) -> bool:
         r"""
         Save ``state`` as checkpoint ``name`` if one is due; return whether a save was written or queued.
@@ -306,6 +307,9 @@ class CheckpointManager:
             force: Write even off the cadence (``load_only`` still wins).  A forced save (a seed
                 checkpoint, a save on ``SIGTERM`` in the middle of an epoch) never creates a history
                 entry: it need not sit on a cadence boundary.
+            fresh: Entries of ``state`` that its owner builds anew for every save and that hold
+                nothing changed in place later (plain data, immutable values): an asynchronous
+                save does not copy them again.
         """
         if not name or any(separator in name for separator in ("/", "\\")) or name.startswith("."):
             raise ValueError(f"checkpoint name must be a plain file name without directories, got {name!r}")
@@ -325,7 +329,7 @@ class CheckpointManager:
             self._raise_deferred_error()
             return True
         self._raise_deferred_error()
-        request.payload = snapshot(request.payload, self._staging, request.staged)
+        request.payload = snapshot(request.payload, self._staging, request.staged, fresh)
         self._writer.submit(request)
         return True
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import torch
+
+_StateDict = Callable[..., dict]
 
 #: Values that never change in place, so a sequence made only of them is copied with one call.
 _IMMUTABLE = frozenset({int, float, bool, complex, str, bytes, type(None)})
@@ -71,7 +73,42 @@ def _stageable(tensor: torch.Tensor) -> bool:
     )
 
 
-def snapshot(tree: Any, pool: StagingPool | None = None, staged: list[torch.Tensor] | None = None) -> Any:
+def fresh_entries(*names: str) -> Callable[[_StateDict], _StateDict]:
+    r"""
+    Declare the entries of a ``state_dict`` method that it builds anew on every call.
+
+    Such entries (plain data, immutable values, tensors made for this call and never written
+    afterwards) need no second copy before an asynchronous write: the runner passes them to
+    ``CheckpointManager.save(fresh=...)``.  The declaration belongs to the decorated function only,
+    so a subclass that overrides ``state_dict`` declares nothing until it says so itself.
+
+    Examples:
+        >>> class Counter:
+        ...     @fresh_entries("count")
+        ...     def state_dict(self):
+        ...         return {"count": 3}
+        >>> declared_fresh_entries(Counter())
+        ('count',)
+    """
+
+    def declare(state_dict: _StateDict) -> _StateDict:
+        state_dict.__fresh_entries__ = names  # type: ignore[attr-defined]
+        return state_dict
+
+    return declare
+
+
+def declared_fresh_entries(owner: Any) -> tuple[str, ...]:
+    """The entries that ``type(owner).state_dict`` declares fresh (``fresh_entries``), else none."""
+    return getattr(getattr(type(owner), "state_dict", None), "__fresh_entries__", ())
+
+
+def snapshot(
+    tree: Any,
+    pool: StagingPool | None = None,
+    staged: list[torch.Tensor] | None = None,
+    fresh: Collection[str] = (),
+) -> Any:
     r"""
     Copy every tensor in ``tree`` to host memory, rebuilding dicts, lists and tuples around them.
 
@@ -79,7 +116,9 @@ def snapshot(tree: Any, pool: StagingPool | None = None, staged: list[torch.Tens
     list of such values is copied with one call.  A tensor that appears under several names
     (tied weights) is copied once and stays shared.  With ``pool``, copies go into its recycled
     buffers and the buffers used are appended to ``staged`` (release them once written).  A
-    copy from an accelerator blocks until the data is on the host.
+    copy from an accelerator blocks until the data is on the host.  Top-level entries of a mapping
+    ``tree`` named in ``fresh`` are kept as they are: their owner built them for this snapshot
+    alone, with nothing in them that anyone changes later.
 
     Examples:
         >>> weight = torch.zeros(2)
@@ -90,7 +129,10 @@ def snapshot(tree: Any, pool: StagingPool | None = None, staged: list[torch.Tens
     """
     with torch.no_grad():
         copier = _Snapshot(pool, staged)
-        copied = copier.copy(tree)
+        if fresh and type(tree) is dict:
+            copied = {key: value if key in fresh else copier.copy(value) for key, value in tree.items()}
+        else:
+            copied = copier.copy(tree)
         copier.flush()
         return copied
 
