@@ -163,9 +163,7 @@ def checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> dict[s
             timed("torch.save", after_a_step(source, lambda: _torch_save(source.state_dict(), plain, fsync=False)))
             timed("sync", after_a_step(source, lambda: source.save_checkpoint(force=True)))
         for _ in range(repeats):
-            timed(
-                "torch.save fsync", after_a_step(source, lambda: _torch_save(source.state_dict(), plain, fsync=True))
-            )
+            timed("torch.save fsync", after_a_step(source, lambda: _torch_save(source.state_dict(), plain, fsync=True)))
             timed("sync fsync", after_a_step(fsynced, lambda: fsynced.save_checkpoint(force=True)))
         for runner in runners.values():
             runner.close()
