@@ -5,9 +5,9 @@ Workload (from issue 5): 64 tensors of lengths 16..512 by 256 features. Measured
 - build: a batch from the list of tensors;
 - tensor: the padded ``(64, max_len, 256)`` view, cold (no cached index or result);
 - mask: the boolean padding mask, cold;
-- build+tensor+mask: what a training step pays to get padded inputs and a mask (ours copies the
-  data twice, into the packed buffer and then the padded view, where ``pad_sequence`` copies it
-  once: the packing is what every later op on the packed data saves);
+- build+tensor+mask: what a training step pays to get padded inputs and a mask (ours moves the
+  data twice, into the packed buffer and then into the padded view, where ``pad_sequence`` moves
+  it once: the packing is what every later op on the packed data saves);
 - op: ``x * 2`` on 16k x 256 packed floats, NestedTensor against the plain packed tensor (the
   dispatch overhead target of issue 6 is 1.05x).
 
