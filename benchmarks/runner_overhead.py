@@ -134,11 +134,6 @@ def checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> dict[s
     """
     timings: dict[str, list[float]] = {}
 
-    def timed(name: str, call: Callable[[], object]) -> None:
-        start = time.perf_counter()
-        call()
-        timings.setdefault(name, []).append(time.perf_counter() - start)
-
     with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()):
         runners = {}
         for name, (mode, fsync) in CHECKPOINT_RUNNERS.items():
@@ -147,24 +142,26 @@ def checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> dict[s
             runners[name] = BenchmarkRunner(config, dataset, width)
             runners[name].train()  # optimizer state exists, as in a real run
         plain, source = os.path.join(root, "plain.pth"), runners["sync"]
+        fsynced, background = runners["sync fsync"], runners["async"]
         batch = next(iter(source.dataloaders["train"]))
         if hasattr(os, "sync"):  # write back what earlier runs left in the page cache before timing
             os.sync()
 
-        def after_a_step(runner: BenchmarkRunner, save: Callable[[], object]) -> Callable[[], object]:
+        def timed(name: str, runner: BenchmarkRunner, save: Callable[[], object]) -> None:
             runner.train_step(batch)  # untimed: a run saves right after an optimizer step
-            return save
+            start = time.perf_counter()
+            save()
+            timings.setdefault(name, []).append(time.perf_counter() - start)
 
-        fsynced, background = runners["sync fsync"], runners["async"]
         # Durable saves in a second pass: their flushes to disk slow down whatever runs next.
         for _ in range(repeats):
-            timed("async return", after_a_step(background, lambda: background.save_checkpoint(force=True)))
+            timed("async return", background, lambda: background.save_checkpoint(force=True))
             background.checkpoint_manager.wait()  # written before the next timing, as between real saves
-            timed("torch.save", after_a_step(source, lambda: _torch_save(source.state_dict(), plain, fsync=False)))
-            timed("sync", after_a_step(source, lambda: source.save_checkpoint(force=True)))
+            timed("torch.save", source, lambda: _torch_save(source.state_dict(), plain, fsync=False))
+            timed("sync", source, lambda: source.save_checkpoint(force=True))
         for _ in range(repeats):
-            timed("torch.save fsync", after_a_step(source, lambda: _torch_save(source.state_dict(), plain, fsync=True)))
-            timed("sync fsync", after_a_step(fsynced, lambda: fsynced.save_checkpoint(force=True)))
+            timed("torch.save fsync", source, lambda: _torch_save(source.state_dict(), plain, fsync=True))
+            timed("sync fsync", fsynced, lambda: fsynced.save_checkpoint(force=True))
         for runner in runners.values():
             runner.close()
     return timings
