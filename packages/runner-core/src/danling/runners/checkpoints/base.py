@@ -36,7 +36,12 @@ UNITS = ("epoch", "step")
 
 
 class CheckpointNotFoundError(FileNotFoundError, ValueError):
-    """A checkpoint source that does not exist.  Also a ``ValueError`` for callers that catch bad input."""
+    """A checkpoint source that does not exist.  Also a ``ValueError`` for callers that catch bad input.
+
+    ``dangling`` is true when a name exists but points at nothing (an alias whose file is gone).
+    """
+
+    dangling: bool = False
 
 
 def resolve_checkpoint_interval(interval: int | None, *, steps: int | None = None, epochs: int | None = None) -> int:
@@ -364,6 +369,51 @@ class CheckpointManager:
         error, self._deferred_error = self._deferred_error, None
         if error is not None:
             raise error
+
+    # finding and loading checkpoints: each storage format implements these
+
+    @classmethod
+    def recognizes(cls, path: str) -> bool:
+        """Whether ``path`` (a file or directory) holds a checkpoint in this manager's format."""
+        return False
+
+    @classmethod
+    def read_config(cls, path: str) -> Any:
+        """The ``RunnerConfig`` a checkpoint at ``path`` was saved with, without a manager or a runner."""
+        raise NotImplementedError(f"{cls.__name__} does not implement read_config")
+
+    def resolve(self, source: Any = "latest") -> str:
+        r"""
+        The concrete checkpoint ``source`` refers to: a name in this manager's directory (``"latest"``,
+        ``"best"``, a history name), a run or checkpoint directory, or a path.
+
+        Raises:
+            CheckpointNotFoundError: nothing is there (the message lists what was tried).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement resolve")
+
+    def exists(self, source: Any = "latest") -> bool:
+        """Whether ``source`` names a checkpoint that exists (a dangling alias counts: loading it must fail loudly)."""
+        try:
+            self.resolve(source)
+        except CheckpointNotFoundError as error:
+            return bool(getattr(error, "dangling", False))
+        return True
+
+    def load(
+        self,
+        source: Any = "latest",
+        *,
+        template: Callable[[], Mapping[str, Any]] | None = None,
+        map_location: Any = "cpu",
+    ) -> dict[str, Any]:
+        r"""
+        The checkpoint ``source`` refers to, as ``{component: state}``.
+
+        ``template`` returns the runner's current state; formats that load in place (DCP) fill
+        its tensors, so sharded tensors stay sharded.  Formats that read whole files ignore it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement load")
 
     # lifecycle
 

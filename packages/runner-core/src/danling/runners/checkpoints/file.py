@@ -63,10 +63,12 @@ def resolve_checkpoint_path(source: PathStr, directory: PathStr | None = None) -
         if os.path.isfile(candidate):
             return candidate
         if os.path.islink(candidate):
-            raise CheckpointNotFoundError(
+            error = CheckpointNotFoundError(
                 f"checkpoint alias {candidate!r} points to {os.readlink(candidate)!r}, which does not exist "
                 f"(the file was removed or not copied along with the alias)"
             )
+            error.dangling = True
+            raise error
     tried = ", ".join(repr(candidate) for candidate in candidates)
     raise CheckpointNotFoundError(f"checkpoint {path!r} does not exist (looked for {tried})")
 
@@ -240,8 +242,30 @@ class FileCheckpointManager(CheckpointManager):
             raise CheckpointNotFoundError(f"model export {os.fsdecode(source)!r} does not exist (looked for {path!r})")
         return load_model_state(path)
 
+    @classmethod
+    def recognizes(cls, path: str) -> bool:
+        """A ``.pth``/``.safetensors`` file, or a run or checkpoint directory holding ``latest.pth``."""
+        if os.path.isdir(path):
+            return any(
+                os.path.lexists(os.path.join(path, *parts, "latest" + SUFFIX)) for parts in ((), ("checkpoints",))
+            )
+        return path.endswith((SUFFIX, ".safetensors")) or os.path.isfile(path)
+
+    @classmethod
+    def read_config(cls, path: str) -> RunnerConfig:
+        return read_config(path)
+
+    def resolve(self, source: PathStr = "latest") -> str:
+        """The file ``source`` names (see ``resolve_checkpoint_path``); names are looked up in ``directory``."""
+        return resolve_checkpoint_path(source, self.directory)
+
     def load(
-        self, source: PathStr = "latest", *, map_location: Any = "cpu", weights_only: bool = True
+        self,
+        source: PathStr = "latest",
+        *,
+        template: Any = None,
+        map_location: Any = "cpu",
+        weights_only: bool = True,
     ) -> dict[str, Any]:
         """Load a checkpoint by name in ``directory`` (``"latest"``, ``"best"``, history names) or by path."""
         return load_checkpoint(source, self.directory, map_location=map_location, weights_only=weights_only)
