@@ -81,13 +81,27 @@ BASE_TEST_DEPS = ["pytest>=8.3", "pytest-timeout>=2.3", "hypothesis>=6.100"]
 FIND_SPEC = "import importlib.util, sys; print(*[m for m in sys.argv[1:] if importlib.util.find_spec(m) {op} None])"
 
 
+# Backend runners that need a newer torch than the oldest supported one (runner-parallel: torch>=2.7);
+# sessions of older torch leave them out, and conftest.py skips collecting their tests.
+BACKEND_PACKAGES = {"runner-deepspeed": "2.7", "runner-parallel": "2.7"}
+
+
+def _torch_at_least(torch: str, minimum: str) -> bool:
+    if torch == "latest":
+        return True
+    return tuple(map(int, torch.split("."))) >= tuple(map(int, minimum.split(".")))
+
+
 @nox.session
 @nox.parametrize("torch", list(TORCH_VERSIONS))
 def tests(session: nox.Session, torch: str) -> None:
     """The whole suite (core packages plus the umbrella) against one torch version."""
-    editable = [arg for package in CORE_PACKAGES for arg in ("-e", f"packages/{package}")]
+    packages = CORE_PACKAGES + [name for name, minimum in BACKEND_PACKAGES.items() if _torch_at_least(torch, minimum)]
+    editable = [arg for package in packages for arg in ("-e", f"packages/{package}")]
+    # The dev group names the workspace's backend runners; they come from packages/ above, or not at all.
+    dev = [requirement for requirement in DEV_DEPENDENCIES if not requirement.startswith("danling-")]
     # setuptools: inductor of torch < 2.11 builds its CPU kernels with it (the torch.compile tests).
-    session.install(TORCH_VERSIONS[torch], "setuptools", *editable, "-e", ".", *DEV_DEPENDENCIES)
+    session.install(TORCH_VERSIONS[torch], "setuptools", *editable, "-e", ".", *dev)
     session.run("python", "-c", "import torch; print('torch', torch.__version__)")
     session.run("pytest", *session.posargs)
 
