@@ -62,7 +62,7 @@ def _meters_worker(rank: int, world_size: int) -> dict:
 
     mismatched = AverageMeter()
     mismatched.update(torch.ones(2 + rank))
-    with pytest.raises(ValueError, match="inconsistent tensor shapes across ranks") as error:
+    with pytest.raises(ValueError, match=r"^AverageMeter received inconsistent tensor metadata across ranks") as error:
         mismatched.average()
     results["mismatch_error"] = str(error.value)
 
@@ -116,8 +116,8 @@ def test_zero_counts_are_nan_and_shape_mismatch_fails_on_every_rank(meter_result
     world_size, results = meter_results
     for result in results:
         assert all(math.isnan(value) for value in result["empty"])
-        shapes = [(2 + rank,) for rank in range(world_size)]
-        assert repr(shapes) in result["mismatch_error"]
+        specs = [((2 + rank,), "torch.float64") for rank in range(world_size)]
+        assert result["mismatch_error"].endswith(repr(specs))
 
 
 def test_meter_container_reduces_in_one_pass(meter_results):

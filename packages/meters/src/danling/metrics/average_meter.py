@@ -207,6 +207,11 @@ class AverageMeter:
     def _tensor_shape(self) -> tuple[int, ...] | None:
         return None if self._tensor_template is None else tuple(self._tensor_template.shape)
 
+    def _tensor_spec(self) -> tuple[tuple[int, ...], str] | None:
+        """``(shape, dtype name)`` of a tensor meter's statistics, which ranks compare; None for scalars."""
+        template = self._tensor_template
+        return None if template is None else (tuple(template.shape), str(template.dtype))
+
     def value(self) -> float | Tensor:
         """The latest local value (NaN while ``count`` is zero); never synchronised."""
         if self._count_value() == 0:

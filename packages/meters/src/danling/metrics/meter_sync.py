@@ -6,8 +6,10 @@ meter is its summed numerator divided by its summed count, or NaN when that coun
 
 Tensor meters need every rank to agree on the shape, including ranks that never saw a value.
 One small ``all_reduce(MAX)`` of per-meter flags tells whether any rank holds a tensor meter; only
-then do the ranks exchange shapes with ``all_gather_object``.  Scalar-only meters (losses, learning
-rates) therefore cost two small collectives per read and no pickling.
+then do the ranks exchange ``(shape, dtype)`` with ``all_gather_object``, so scalar-only meters
+(losses, learning rates) cost two small collectives per read and no pickling.  The statistics
+are float64 whatever dtype the values came in (as in the reference), so float32 values on one
+rank and float64 values on another reduce together.
 """
 
 from __future__ import annotations
@@ -25,32 +27,42 @@ if TYPE_CHECKING:
     from .average_meter import AverageMeter
 
 Mode = Literal["batch", "average"]
+TensorSpec = tuple[tuple[int, ...], str]  # (shape, dtype name) of a tensor meter's statistics
+
+
+def _inconsistent(specs: list[TensorSpec], name: str | None) -> ValueError:
+    if name is None:
+        return ValueError(f"AverageMeter received inconsistent tensor metadata across ranks: {specs!r}")
+    return ValueError(f"AverageMeters received inconsistent tensor metadata for meter {name!r}: {specs!r}")
 
 
 def _agreed_shapes(
-    meters: Sequence[AverageMeter], names: Sequence[str], device: torch.device
+    meters: Sequence[AverageMeter], names: Sequence[str] | None, device: torch.device
 ) -> list[tuple[int, ...] | None]:
-    """Per meter, the tensor shape all ranks agree on, or None for scalar meters everywhere."""
-    local = [meter._tensor_shape() for meter in meters]
-    flags = torch.tensor([shape is not None for shape in local], dtype=torch.int64, device=device)
+    """Per meter, the tensor shape all ranks agree on, or None for scalar meters everywhere.
+
+    Ranks compare ``(shape, dtype)`` of their tensor meters; ranks without a tensor value adopt
+    the agreed shape.  ``names`` is None for a lone meter, which words its error accordingly.
+    """
+    local = [meter._tensor_spec() for meter in meters]
+    flags = torch.tensor([spec is not None for spec in local], dtype=torch.int64, device=device)
     if not all_reduce_max(flags).any():
         return [None] * len(meters)
-    history = [meter._tensor_shape() is None and meter._count_value() > 0 for meter in meters]
+    history = [meter._tensor_spec() is None and meter._count_value() > 0 for meter in meters]
     gathered = all_gather_objects((local, history))
     agreed: list[tuple[int, ...] | None] = []
-    for index, name in enumerate(names):
-        shapes = [rank_shapes[index] for rank_shapes, _ in gathered]
-        known = {shape for shape in shapes if shape is not None}
-        if not known:
+    for index in range(len(meters)):
+        name = None if names is None else names[index]
+        specs = [rank_specs[index] for rank_specs, _ in gathered if rank_specs[index] is not None]
+        if not specs:
             agreed.append(None)
             continue
-        if len(known) > 1:
-            raise ValueError(f"AverageMeter {name!r} received inconsistent tensor shapes across ranks: {shapes!r}")
+        if any(spec != specs[0] for spec in specs[1:]):
+            raise _inconsistent(specs, name)
         if any(rank_history[index] for _, rank_history in gathered):
-            raise ValueError(
-                f"AverageMeter {name!r} cannot mix scalar and tensor values across ranks: tensor shapes {shapes!r}"
-            )
-        agreed.append(known.pop())
+            meter = "AverageMeter" if name is None else f"AverageMeters meter {name!r}"
+            raise ValueError(f"{meter} cannot mix scalar and tensor values across ranks: tensor metadata {specs!r}")
+        agreed.append(specs[0][0])
     return agreed
 
 
@@ -65,12 +77,12 @@ def synchronise_meters(
 ) -> list[float | Tensor]:
     """The ``bat`` (``mode="batch"``) or ``avg`` (``mode="average"``) of each meter over all ranks.
 
-    Collective: every rank must pass meters in the same order.  Scalar results are Python
-    floats; tensor results are float64 tensors on the reduction device.
+    Collective: every rank must pass meters in the same order.  ``names`` (one per meter) are
+    the keys of an ``AverageMeters``; leave them out for a lone meter.  Scalar results are
+    Python floats; tensor results are float64 tensors on the reduction device.
     """
     if not meters:
         return []
-    names = list(names) if names is not None else [type(meter).__name__ for meter in meters]
     device = reduction_device(meters[0].device)
     shapes = _agreed_shapes(meters, names, device)
     pieces: list[Tensor] = []

@@ -7,12 +7,19 @@
   is how the metric containers share one matrix between many metrics;
 - :mod:`.ranking`: ROC AUC and average precision for many columns at once;
 - :mod:`.inputs`: shape handling (lists, NestedTensors, class dims) and value checks;
-- ``accuracy`` dispatches on the task, as used throughout the documentation.
+- ``accuracy`` dispatches on the task, as used throughout the documentation;
+- ``MetricFunc`` and ``MetricState`` (defined in :mod:`danling.metrics.metric_func` and
+  :mod:`danling.metrics.state`) are importable from here too, where the documentation's code
+  imports them; they load on first access, so the pure functions never import the containers.
 
     >>> from danling.metrics.functional import accuracy
     >>> accuracy([0.1, 0.8, 0.6, 0.2], [0, 1, 0, 0]).item()
     0.75
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from . import scores
 from .binary import (
@@ -57,6 +64,8 @@ from .ranking import average_precision, roc_auc
 from .regression import mae, mse, pearson, r2_score, rmse, spearman
 
 __all__ = [
+    "MetricFunc",
+    "MetricState",
     "accuracy",
     "average_precision",
     "binary_accuracy",
@@ -102,3 +111,16 @@ __all__ = [
     "scores",
     "spearman",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``MetricFunc`` and ``MetricState`` on first access (their modules import this package)."""
+    if name == "MetricFunc":
+        from ..metric_func import MetricFunc
+
+        return MetricFunc
+    if name == "MetricState":
+        from ..state import MetricState
+
+        return MetricState
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
