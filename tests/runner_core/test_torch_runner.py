@@ -66,7 +66,6 @@ def test_caller_mapping_is_not_modified(tmp_path):
             r"scheduler `type` must be one of",
         ),
         ({"precision": "fp8"}, ValueError, r"precision"),
-        ({"checkpoint": {"backend": "dcp"}}, NotImplementedError, r"checkpoint.backend='dcp'"),
         ({"checkpoint": {"backend": "s3"}}, ValueError, r"checkpoint.backend"),
     ],
 )

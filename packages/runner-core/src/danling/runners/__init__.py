@@ -38,7 +38,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Runner": ("danling.runners.runner", "danling-runner-core"),
     "OPTIMIZERS": ("danling.runners.optim", "danling-runner-core"),
     "OptimizerContainer": ("danling.runners.step", "danling-runner-core"),
-    "LoopState": ("danling.runners.loops", "danling-runner-core"),
+    "LoopState": ("danling.runners.state", "danling-runner-core"),
     "DeepSpeedRunner": ("danling.runners.deepspeed_runner", "danling-runner-deepspeed"),
     "ParallelRunner": ("danling.runners.parallel_runner", "danling-runner-parallel"),
 }

@@ -34,20 +34,12 @@ from chanfig import FlatDict
 
 from danling.data import DataLoaderDict
 from danling.metrics import AverageMeters, RoundDict
-from danling.utils import save as save_file
 
 from . import results as results_lib
-from .checkpoints import (
-    CheckpointManager,
-    FileCheckpointManager,
-    declared_fresh_entries,
-    fresh_entries,
-    resolve_checkpoint_interval,
-)
-from .checkpoints import read_config as read_checkpoint_config
-from .config import RunnerConfig, check_semantic_match
+from .checkpointing import RunnerCheckpointing
+from .checkpoints import resolve_checkpoint_interval
+from .config import RunnerConfig
 from .dataloaders import loader_length
-from .loops import LoopState
 from .reporting import (
     LoopProgress,
     build_tensorboard_writer,
@@ -59,8 +51,7 @@ from .reporting import (
     log_to_files,
     write_scalars,
 )
-from .restore import MODEL_KEYS, apply_exclusions, load_component, plain_data, read_checkpoint
-from .state import RunnerState, seed_everything
+from .state import LoopState, RunnerState, seed_everything
 from .utils import RunnerMode, get_local_rank, get_rank, get_world_size
 from .workspace import RunnerWorkspace
 
@@ -80,7 +71,7 @@ class MetaRunner(type):
         return instance
 
 
-class BaseRunner(metaclass=MetaRunner):
+class BaseRunner(RunnerCheckpointing, metaclass=MetaRunner):
     r"""
     Shared state and orchestration of every runner: config, workspace, results, checkpoints.
 
@@ -122,10 +113,11 @@ class BaseRunner(metaclass=MetaRunner):
     logger: Any = None
     writer: Any = None
     wandb: Any = None
-    checkpoint_manager: CheckpointManager | None = None
 
     def __init__(self, config: RunnerConfig | Mapping[str, Any]) -> None:
         config = config if isinstance(config, RunnerConfig) else RunnerConfig(config)
+        # "auto" becomes this runner's format, so the saved config says what was written
+        config.checkpoint.backend = self.resolve_checkpoint_backend(config)
         self.state = RunnerState(config=config)
         self.config = self.state.config
         self.train_state = self.state.train
@@ -214,25 +206,6 @@ class BaseRunner(metaclass=MetaRunner):
 
     def init_distributed(self) -> None:
         """Join the job's process group; the base runner runs in one process."""
-
-    def init_checkpoint_manager(self) -> None:
-        """Bind a ``FileCheckpointManager`` in ``{run dir}/checkpoints`` with the run's cadence."""
-        manager = FileCheckpointManager(
-            self.workspace.checkpoint_dir,
-            self.config.checkpoint,
-            interval=self.checkpoint_interval,
-            unit="step" if self.is_step_mode else "epoch",
-            tag=self.id,
-        )
-        self.set_checkpoint_manager(manager)
-
-    def set_checkpoint_manager(self, manager: CheckpointManager) -> None:
-        """Replace the checkpoint manager, closing the previous one."""
-        if manager is self.checkpoint_manager:
-            return
-        if self.checkpoint_manager is not None:
-            self.checkpoint_manager.close(timeout=0.0)
-        self.checkpoint_manager = manager
 
     def set_seed(self, seed: int | None = None, bias: int | bool | None = None) -> int:
         r"""
@@ -528,229 +501,6 @@ class BaseRunner(metaclass=MetaRunner):
     def write_result(self, result: Mapping[str, Any], split: str, steps: int | None = None) -> None:
         """Log every number in ``result`` as ``{split}/{name}`` at ``steps`` (default: the global step)."""
         write_scalars(self.writer, self.wandb, result, split, self.train_state.global_step if steps is None else steps)
-
-    # checkpoints: saving
-
-    @fresh_entries("runner", "state", "loop", "results")
-    def state_dict(self) -> dict[str, Any]:
-        """The checkpoint payload: config, progress, RNG, loader positions, loop position and results."""
-        self.rng_state.capture()
-        return {
-            "runner": plain_data(self.config),
-            "state": self.state.state_dict(),
-            "dataloaders": self.dataloader_state_dict(),
-            "loop": self.loop_state.state_dict(),
-            "results": plain_data(self.results),
-        }
-
-    def dataloader_state_dict(self) -> dict[str, Any]:
-        """Positions of the training loaders (evaluation loaders always start from their beginning)."""
-        return self.dataloaders.state_dict(self.train_splits)
-
-    def save_checkpoint(
-        self,
-        name: str = "latest",
-        *,
-        force: bool = False,
-        last_step: bool = False,
-        save_best: bool = True,
-        epochs: int | None = None,
-    ) -> bool:
-        r"""
-        Save a checkpoint if one is due (the manager's cadence), or always with ``force``/``last_step``.
-
-        Progress is the global step in step mode and the completed epochs in epoch mode
-        (``epochs``, if given, is the 0-based epoch just finished).  Returns whether a save was
-        written or queued.  Non-main processes return at once unless the manager is collective.
-        """
-        manager = self.checkpoint_manager
-        if manager is None or not (self.is_main_process or manager.is_collective):
-            return False
-        if self.is_step_mode:
-            progress = self.train_state.global_step
-        else:
-            progress = self.train_state.epoch if epochs is None else epochs + 1
-        if not manager.should_save(progress, last_step=last_step, force=force):
-            return False  # before scoring the results: the loops ask at every cadence boundary
-        best = save_best and self.is_best
-        return manager.save(
-            self.state_dict,
-            progress=progress,
-            name=name,
-            best=best,
-            last_step=last_step,
-            force=force,
-            fresh=declared_fresh_entries(self),
-        )
-
-    def save_seed_checkpoint(self, name: str = "seed") -> bool:
-        """Save the untrained state as ``{name}.pth`` (for reproducing a run from its start)."""
-        if self.train_state.epoch or self.train_state.global_step:
-            warnings.warn(
-                "save_seed_checkpoint() is intended before training advances; "
-                f"current epoch={self.train_state.epoch}, global_step={self.train_state.global_step}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return self.save_checkpoint(name=name, save_best=False, last_step=True, force=True)
-
-    def save(self, obj: Any, file: str, main_process_only: bool = True, *args: Any, **kwargs: Any) -> str:
-        """Save ``obj`` to ``file`` by extension (``danling.utils.save``), on the main process only by default."""
-        if main_process_only and not self.is_main_process:
-            return file
-        return save_file(obj, file, *args, **kwargs)
-
-    # checkpoints: loading
-
-    def read_checkpoint(self, checkpoint: Any) -> Mapping[str, Any]:
-        """A checkpoint as a mapping: given one, or loaded from a path (``.safetensors`` holds a model only)."""
-        return read_checkpoint(checkpoint, self.workspace.checkpoint_dir)
-
-    @classmethod
-    def read_config(cls, checkpoint: Any) -> RunnerConfig:
-        """The ``RunnerConfig`` a checkpoint (mapping or path) was saved with."""
-        if isinstance(checkpoint, Mapping):
-            if checkpoint.get("runner") is None:
-                raise ValueError(
-                    "cannot read runner config: checkpoint is missing key 'runner'; use from_pretrained(...) for "
-                    "model-only checkpoints"
-                )
-            return RunnerConfig(checkpoint["runner"])
-        if isinstance(checkpoint, (str, bytes, os.PathLike)):
-            return read_checkpoint_config(checkpoint)
-        raise ValueError(
-            f"invalid checkpoint input: expected a mapping or path, got {type(checkpoint).__name__}: {checkpoint!r}"
-        )
-
-    def load_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
-        """Restore progress, RNG, loop position and results; refuse a semantically different config."""
-        if checkpoint.get("runner") is not None:
-            check_semantic_match(checkpoint["runner"], self.config)
-        self.state.load_state_dict(dict(checkpoint.get("state") or {}))
-        if isinstance(checkpoint.get("loop"), Mapping):
-            self.loop_state.load_state_dict(checkpoint["loop"])
-        if isinstance(checkpoint.get("results"), Mapping):
-            self.results = RoundDict()
-            for index, row in checkpoint["results"].items():
-                self.results[int(index)] = RoundDict(row)
-        self.rng_state.restore()
-
-    def load_checkpoint(self, checkpoint: Any) -> None:
-        r"""
-        Restore a full checkpoint: state, model, EMA, optimizer, scheduler, dataloaders (in that order).
-
-        A component the runner has must be in the checkpoint; an entry the runner has no
-        component for is ignored.  ``checkpoint.exclude_from_loading`` skips entries.  A path
-        input is remembered in ``config.resume``.
-        """
-        payload, excluded = apply_exclusions(
-            self.read_checkpoint(checkpoint), self.config.checkpoint.exclude_from_loading
-        )
-        if "runner" in excluded:
-            payload = {key: value for key, value in payload.items() if key != "runner"}
-        self.load_state_dict(payload)
-        if not excluded.intersection(MODEL_KEYS):
-            if payload.get("model") is not None:
-                self.load_model(payload["model"])
-            elif self.model is not None:
-                raise ValueError(
-                    "cannot restore model: checkpoint has no model state\n"
-                    "Use `load_pretrained` only for model-only checkpoints with model/ema payloads"
-                )
-        for component, label in (
-            ("ema", "EMA state"),
-            ("optimizer", "optimizer state"),
-            ("scheduler", "scheduler state"),
-        ):
-            if component not in excluded and (getattr(self, component) is not None or component in payload):
-                self._load_component(component, label, payload.get(component))
-        if "dataloaders" not in excluded and isinstance(payload.get("dataloaders"), Mapping):
-            self.dataloaders.load_state_dict(payload["dataloaders"])
-        if isinstance(checkpoint, (str, bytes, os.PathLike)):
-            self.config.resume = os.fsdecode(checkpoint)
-
-    def _load_component(self, component: str, label: str, state: Any) -> None:
-        load_component(getattr(self, component), component, label, state)
-
-    def load_model(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
-        if self.model is None:
-            raise ValueError("cannot restore model: model is not initialized")
-        return self.unwrap(self.model).load_state_dict(state_dict, *args, **kwargs)
-
-    def load_ema(self, state_dict: Any) -> None:
-        self._load_component("ema", "EMA state", state_dict)
-
-    def load_optimizer(self, state_dict: Any) -> None:
-        self._load_component("optimizer", "optimizer state", state_dict)
-
-    def load_scheduler(self, state_dict: Any) -> None:
-        self._load_component("scheduler", "scheduler state", state_dict)
-
-    def load_pretrained(self, checkpoint: Any) -> None:
-        r"""
-        Load model weights only (from ``ema`` when present, else ``model``), e.g. to fine-tune.
-
-        ``checkpoint`` is a mapping, a ``.pth`` checkpoint or a ``model.safetensors`` export.
-        """
-        if self.model is None:
-            raise ValueError("cannot load pretrained weights: model is not initialized")
-        payload = self.read_checkpoint(checkpoint)
-        weights = payload.get("ema") if payload.get("ema") is not None else payload.get("model")
-        if weights is None:
-            weights = payload.get("model_parts")
-        if weights is None:
-            raise ValueError(
-                "cannot load pretrained weights: checkpoint has no EMA or model state\n"
-                "Use `load_checkpoint` for full checkpoint restore instead of `load_pretrained`"
-            )
-        self.load_model(weights)
-        is_path = isinstance(checkpoint, (str, bytes, os.PathLike))
-        self.config.pretrained = os.fsdecode(checkpoint) if is_path else None
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Any) -> BaseRunner:
-        """A runner built from the config stored in ``checkpoint``, with the checkpoint fully restored."""
-        config = cls.read_config(checkpoint)
-        config.resume, config.auto_resume, config.pretrained = None, False, None
-        runner = cls(config)
-        runner.load_checkpoint(checkpoint)
-        return runner
-
-    @classmethod
-    def from_pretrained(cls, config: RunnerConfig | Mapping[str, Any], checkpoint: Any) -> BaseRunner:
-        """A runner built from ``config`` whose model starts from the weights in ``checkpoint``."""
-        prepared = RunnerConfig(config.dict() if isinstance(config, RunnerConfig) else config)
-        prepared.resume, prepared.auto_resume, prepared.pretrained = None, False, None
-        runner = cls(prepared)
-        runner.load_pretrained(checkpoint)
-        return runner
-
-    def auto_restore(self) -> None:
-        r"""
-        Restore what the config asks for, by precedence: ``resume`` > ``auto_resume`` > ``pretrained``.
-
-        ``auto_resume`` resumes from this run's ``latest`` checkpoint when it exists and starts
-        from scratch otherwise (so one job script serves the first start and every restart).
-        """
-        resume, auto_resume, pretrained = self.config.resume, self.config.auto_resume, self.config.pretrained
-        if resume and auto_resume and pretrained:
-            warnings.warn(
-                "`config.resume`, `config.auto_resume`, and `config.pretrained` are all set; precedence is "
-                "`resume` > `auto_resume` > `pretrained`",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        if resume:
-            self.load_checkpoint(resume)
-        elif auto_resume:
-            latest = os.path.join(self.workspace.checkpoint_dir, "latest.pth")
-            # lexists, not isfile: a dangling alias must fail loudly in load_checkpoint, not restart silently
-            if os.path.lexists(latest):
-                self.load_checkpoint(latest)
-            else:
-                print(f"auto_resume: no checkpoint at {latest}; starting from scratch")
-        elif pretrained:
-            self.load_pretrained(pretrained)
 
     def unwrap(self, model: Any) -> Any:
         return model

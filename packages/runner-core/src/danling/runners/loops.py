@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from .torch_runner import TorchRunner
 
 __all__ = [
-    "LoopState",
     "evaluate",
     "evaluate_epoch",
     "infer",
@@ -41,69 +40,6 @@ __all__ = [
     "train_split_steps",
     "train_steps",
 ]
-
-
-@dataclass
-class LoopState:
-    r"""
-    Where training is inside the current epoch (epoch mode) or round (step mode).
-
-    Attributes:
-        split: Training split in progress, ``None`` between splits.
-        target: Step mode: the global step at which ``split``'s turn in the round ends.
-        done: Training splits already finished in this epoch (their pass) or round (their turn).
-        batches: Batches of each training split's current pass already trained on.
-        passes: Completed passes over each training split (the sampler epoch in step mode).
-
-    Examples:
-        >>> state = LoopState(split="train", done=["extra"], batches={"train": 3}, passes={"train": 1})
-        >>> restored = LoopState(); restored.load_state_dict(state.state_dict()); restored == state
-        True
-    """
-
-    split: str | None = None
-    target: int | None = None
-    done: list[str] = field(default_factory=list)
-    batches: dict[str, int] = field(default_factory=dict)
-    passes: dict[str, int] = field(default_factory=dict)
-
-    def remaining(self, splits: Sequence[str]) -> list[str]:
-        """The ``splits`` this epoch or round still has to train (all but ``done``)."""
-        return [split for split in splits if split not in self.done]
-
-    def begin(self, split: str, target: int | None = None) -> bool:
-        """Start ``split`` (or continue it after a resume); return whether it was continued."""
-        if self.split == split:
-            return True
-        self.split, self.target = split, target
-        return False
-
-    def end_pass(self, split: str) -> None:
-        """Record a completed pass over ``split``."""
-        self.passes[split] = self.passes.get(split, 0) + 1
-        self.batches[split] = 0
-
-    def finish(self, split: str) -> None:
-        """Record that ``split`` is done for this epoch or round."""
-        self.split, self.target = None, None
-        if split not in self.done:
-            self.done.append(split)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "split": self.split,
-            "target": self.target,
-            "done": list(self.done),
-            "batches": dict(self.batches),
-            "passes": dict(self.passes),
-        }
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        self.split = state_dict.get("split")
-        self.target = state_dict.get("target")
-        self.done = [str(split) for split in state_dict.get("done") or []]
-        self.batches = {str(split): int(count) for split, count in dict(state_dict.get("batches") or {}).items()}
-        self.passes = {str(split): int(count) for split, count in dict(state_dict.get("passes") or {}).items()}
 
 
 @dataclass(frozen=True)

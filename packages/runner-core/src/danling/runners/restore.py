@@ -1,7 +1,7 @@
 """How a checkpoint is read and applied: sources, excluded entries, component rules, plain data.
 
-``read_checkpoint`` accepts a mapping, a ``.pth`` file (or a run or checkpoint directory, or a
-name such as ``"best"`` in the run's checkpoint folder) or a ``model.safetensors`` export.
+``read_checkpoint`` accepts a mapping, a ``model.safetensors`` export, or a name or path that the
+run's checkpoint manager resolves (``"latest"``, ``"best"``, files, run or checkpoint directories).
 ``apply_exclusions`` drops the entries ``checkpoint.exclude_from_loading`` names, and
 ``load_component`` applies one entry with the rule every runner follows: a component the runner
 has must be in the checkpoint.
@@ -16,7 +16,7 @@ from typing import Any
 
 from chanfig import to_dict
 
-from .checkpoints import load_checkpoint, load_model_state
+from .checkpoints import FileCheckpointManager, find_checkpoint_format, load_checkpoint, load_model_state
 
 #: ``checkpoint.exclude_from_loading`` spellings of component names.
 COMPONENT_ALIASES = {"data_loader": "dataloaders", "dataloader": "dataloaders", "lr_scheduler": "scheduler"}
@@ -24,13 +24,15 @@ COMPONENT_ALIASES = {"data_loader": "dataloaders", "dataloader": "dataloaders", 
 MODEL_KEYS = ("model", "model_parts", "module")
 
 
-def read_checkpoint(checkpoint: Any, directory: str | None = None) -> Mapping[str, Any]:
+def read_checkpoint(checkpoint: Any, manager: Any = None, *, template: Any = None) -> Mapping[str, Any]:
     r"""
-    A checkpoint as a mapping: ``checkpoint`` itself, or loaded from the path it names.
+    A checkpoint as a mapping: ``checkpoint`` itself, or loaded from the name or path it gives.
 
-    A ``.safetensors`` file is a model export and reads as ``{"model": weights}``; other paths
-    go through ``danling.runners.checkpoints.load_checkpoint`` (files, run or checkpoint
-    directories, and names such as ``"best"`` inside ``directory``).
+    A ``.safetensors`` file is a model export and reads as ``{"model": weights}``.  Other names
+    and paths go to ``manager.load`` (``"latest"``, ``"best"``, history names, directories; the
+    manager's storage format decides), or, without a manager, to the format that recognises the
+    path (``find_checkpoint_format``).  ``template`` (a function returning the current state) is
+    handed to formats that load in place.
 
     Examples:
         >>> read_checkpoint({"model": {}})
@@ -50,7 +52,15 @@ def read_checkpoint(checkpoint: Any, directory: str | None = None) -> Mapping[st
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model export {path!r} does not exist")
         return {"model": load_model_state(path)}
-    return load_checkpoint(path, directory)
+    if manager is None:
+        manager_class = find_checkpoint_format(path)
+        if manager_class is not FileCheckpointManager:
+            raise ValueError(
+                f"checkpoint {path!r} is in the {manager_class.__name__} format: load it through a runner "
+                f"(whose checkpoint manager reads it), or with {manager_class.__name__}"
+            )
+        return load_checkpoint(path)
+    return manager.load(path, template=template)
 
 
 def apply_exclusions(

@@ -6,6 +6,10 @@
 - ``RunnerElasticState``: ``restart_count`` (from torchelastic);
 - ``RunnerRNGState``: snapshots of the Python, NumPy and torch (CPU, CUDA) generators.
 
+``LoopState`` (kept beside the runner state, saved as the checkpoint's ``loop`` entry) records
+where training is inside an epoch or a round, so a resume trains on exactly the batches an
+uninterrupted run would.
+
 ``RunnerRNGState.capture()`` reads the process's generators and ``restore()`` writes them back,
 so a run stopped and resumed draws the same random numbers as one that never stopped.  Every
 state dict holds only plain Python values and tensors, so checkpoints load with
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -254,3 +258,66 @@ def _as_byte_tensor(state: Any) -> torch.Tensor:
     if isinstance(state, torch.Tensor):
         return state.to(device="cpu", dtype=torch.uint8)
     return torch.tensor(state, dtype=torch.uint8)
+
+
+@dataclass
+class LoopState:
+    r"""
+    Where training is inside the current epoch (epoch mode) or round (step mode).
+
+    Attributes:
+        split: Training split in progress, ``None`` between splits.
+        target: Step mode: the global step at which ``split``'s turn in the round ends.
+        done: Training splits already finished in this epoch (their pass) or round (their turn).
+        batches: Batches of each training split's current pass already trained on.
+        passes: Completed passes over each training split (the sampler epoch in step mode).
+
+    Examples:
+        >>> state = LoopState(split="train", done=["extra"], batches={"train": 3}, passes={"train": 1})
+        >>> restored = LoopState(); restored.load_state_dict(state.state_dict()); restored == state
+        True
+    """
+
+    split: str | None = None
+    target: int | None = None
+    done: list[str] = field(default_factory=list)
+    batches: dict[str, int] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)
+
+    def remaining(self, splits: Sequence[str]) -> list[str]:
+        """The ``splits`` this epoch or round still has to train (all but ``done``)."""
+        return [split for split in splits if split not in self.done]
+
+    def begin(self, split: str, target: int | None = None) -> bool:
+        """Start ``split`` (or continue it after a resume); return whether it was continued."""
+        if self.split == split:
+            return True
+        self.split, self.target = split, target
+        return False
+
+    def end_pass(self, split: str) -> None:
+        """Record a completed pass over ``split``."""
+        self.passes[split] = self.passes.get(split, 0) + 1
+        self.batches[split] = 0
+
+    def finish(self, split: str) -> None:
+        """Record that ``split`` is done for this epoch or round."""
+        self.split, self.target = None, None
+        if split not in self.done:
+            self.done.append(split)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "target": self.target,
+            "done": list(self.done),
+            "batches": dict(self.batches),
+            "passes": dict(self.passes),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.split = state_dict.get("split")
+        self.target = state_dict.get("target")
+        self.done = [str(split) for split in state_dict.get("done") or []]
+        self.batches = {str(split): int(count) for split, count in dict(state_dict.get("batches") or {}).items()}
+        self.passes = {str(split): int(count) for split, count in dict(state_dict.get("passes") or {}).items()}

@@ -47,6 +47,7 @@ from .distributed import (
     is_initialized,
 )
 from .optim import build_optimizer, build_scheduler, monitored_metric, wrap_scheduler
+from .parallelize import apply_activation_checkpointing, apply_compile, apply_ddp
 from .registry import normalize_stack_name
 from .step import (
     NO_CONTEXT,
@@ -60,27 +61,6 @@ from .step import (
 from .utils import RunnerMode
 
 __all__ = ["TorchRunner"]
-
-
-def _resolve_checkpoint_backend(config: RunnerConfig) -> str:
-    backend = config.checkpoint.resolved_backend()
-    if backend == "dcp":
-        raise NotImplementedError(
-            "checkpoint.backend='dcp' (torch.distributed.checkpoint) is not available in danling-runner-core "
-            "0.1; use 'file' (or 'auto'), which saves from the main process and works with DDP"
-        )
-    return "file"
-
-
-def _compile(model: nn.Module, config: Mapping[str, Any]) -> nn.Module:
-    """``torch.compile(model, ...)`` with the options set in ``config.compile`` (``None`` means torch's default)."""
-    kwargs = {key: config[key] for key in ("backend", "fullgraph", "dynamic", "mode") if config.get(key) is not None}
-    options = config.get("options")
-    if options is not None:
-        if not isinstance(options, Mapping):
-            raise ValueError(f"`compile.options` must be a mapping, got {type(options).__name__}")
-        kwargs["options"] = dict(options)
-    return torch.compile(model, **kwargs)
 
 
 class TorchRunner(BaseRunner):
@@ -123,7 +103,6 @@ class TorchRunner(BaseRunner):
     def __init__(self, config: RunnerConfig | Mapping[str, Any]) -> None:
         config = config if isinstance(config, RunnerConfig) else RunnerConfig(config)
         config.stack = normalize_stack_name(config.get("stack"))
-        config.checkpoint.backend = _resolve_checkpoint_backend(config)
         super().__init__(config)
 
     def __post_init__(self) -> None:
@@ -208,13 +187,15 @@ class TorchRunner(BaseRunner):
     collate_fn = staticmethod(default_collate)
 
     def materialize_model(self) -> None:
-        """Move the model (and EMA) to the device, compile it if asked, and wrap it in DDP when distributed."""
+        """Place the model on the device and wrap it, in this order (backends add their own steps)."""
         model = self.model.to(self.device)
+        # recompute activations in backward: before compiling, so the graph holds the recomputation
+        model = apply_activation_checkpointing(model, self.config.get("activation_checkpoint"))
         if self.config.compile.enable:
-            model = _compile(model, self.config.compile)
-        if self.distributed and is_initialized() and not isinstance(model, nn.parallel.DistributedDataParallel):
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+            model = apply_compile(model, self.config.compile)
+        # DDP outermost: its gradient hooks stay outside the compiled graph
+        if self.distributed and is_initialized():
+            model = apply_ddp(model, self.device)
         self.model = model
         if isinstance(self.ema, nn.Module):
             self.ema = self.ema.to(self.device)

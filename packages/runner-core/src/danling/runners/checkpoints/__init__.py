@@ -9,6 +9,8 @@
 - ``CheckpointLayout`` (``layout``): data files written once under new names, aliases flipped
   atomically (relative symbolic links, hard links where those are unavailable).
 - ``save_model_state`` / ``load_model_state`` (``export``): model weights as safetensors.
+- ``checkpoint_manager_class`` / ``register_checkpoint_manager`` / ``find_checkpoint_format``
+  (``registry``): the manager of a ``checkpoint.backend`` name, or of a path on disk.
 """
 
 from .base import (
@@ -23,6 +25,7 @@ from .base import (
 from .export import load_model_state, save_model_state
 from .file import FileCheckpointManager, load_checkpoint, read_config, resolve_checkpoint_path
 from .layout import CheckpointLayout
+from .registry import checkpoint_manager_class, find_checkpoint_format, register_checkpoint_manager
 from .staging import StagingPool, declared_fresh_entries, fresh_entries, snapshot
 
 __all__ = [
@@ -34,12 +37,15 @@ __all__ = [
     "FileCheckpointManager",
     "SaveRequest",
     "StagingPool",
+    "checkpoint_manager_class",
     "collect_state",
     "declared_fresh_entries",
+    "find_checkpoint_format",
     "fresh_entries",
     "load_checkpoint",
     "load_model_state",
     "read_config",
+    "register_checkpoint_manager",
     "resolve_checkpoint_interval",
     "resolve_checkpoint_path",
     "save_model_state",
