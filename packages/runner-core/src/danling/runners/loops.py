@@ -1,9 +1,15 @@
-"""The runner's loops: training by epochs or by steps, evaluation and inference.
+"""The runner's loops: training by epochs or by steps, evaluation and inference, top to bottom.
 
-Each function takes the runner and drives it through its documented methods (``train_step``,
-``evaluate_step``, ``infer_step``, ``save_checkpoint`` ...), so a subclass that overrides one of
-them changes the loop without copying it.  Read ``train_epochs`` and ``train_epoch`` (or
-``train_steps`` and ``train_split_steps``) top to bottom to see a whole run.
+``train`` → ``train_epochs`` (or ``train_steps``) → one pass over a split (``train_epoch``, or a
+split's turn ``train_split_steps``) → ``_train_batch`` → the runner's ``train_step`` (forward,
+loss, metrics, backward, optimizer step) → meters → progress line → checkpoint → evaluation.
+
+Each function takes the runner and calls its step-level hooks (``train_step``, ``evaluate_step``,
+``infer_step``, ``save_checkpoint``, ``step_log`` ...); none of them calls back into this module.
+The runner's public loop methods (``TorchRunner.train``, ``train_epoch``, ``evaluate_epoch`` ...)
+only enter it.  A subclass that overrides one of the pass-level methods (``train_epoch``,
+``evaluate_epoch``, ``train_split_steps``, ``evaluate_steps``) gets its override called for each
+pass: ``_pass`` looks for it, so an override is never silently skipped.
 
 ``LoopState`` records where training is inside an epoch or a round (which split, how many of
 its batches are done, how many passes over each split are complete).  It is saved with every
@@ -13,9 +19,10 @@ on exactly the batches an uninterrupted run would, in the same order.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +42,8 @@ __all__ = [
     "evaluate",
     "evaluate_epoch",
     "infer",
+    "loop_entry",
+    "train",
     "train_epoch",
     "train_epochs",
     "train_split_steps",
@@ -51,7 +60,31 @@ class _Turn:
     progress: LoopProgress
 
 
+def loop_entry(method: Callable) -> Callable:
+    """Mark a runner method that only enters this module; the loop calls the module's function instead."""
+    method.__loop_entry__ = True  # type: ignore[attr-defined]
+    return method
+
+
+def _pass(runner: TorchRunner, name: str, default: Callable) -> Callable:
+    """The pass-level step the loop runs: the runner's override of ``name`` if it has one, else ``default``."""
+    if getattr(getattr(type(runner), name, None), "__loop_entry__", False):
+        return functools.partial(default, runner)
+    return getattr(runner, name)
+
+
+def train(runner: TorchRunner, train_splits: Sequence[str], evaluate_splits: Sequence[str]) -> RoundDict:
+    """Train by epochs when ``config.epochs`` is set, else by optimizer steps; return ``runner.results``."""
+    print(f"train: splits={list(train_splits)}")
+    print(f"evaluate: splits={list(evaluate_splits)}")
+    if runner.is_step_mode:
+        return _pass(runner, "train_steps", train_steps)(train_splits, evaluate_splits)
+    return _pass(runner, "train_epochs", train_epochs)(train_splits, evaluate_splits)
+
+
 def _begin(runner: TorchRunner, mode: RunnerMode, split: str, metrics: Any) -> None:
+    if runner.train_metrics is None and runner.evaluate_metrics is None:
+        metrics = runner.metrics  # metrics assigned to ``self.metrics`` alone serve every mode
     runner.mode = mode
     runner.split = split
     runner.meters.reset()
@@ -98,10 +131,12 @@ def train_epochs(runner: TorchRunner, train_splits: Sequence[str], evaluate_spli
     for epoch in range(state.epoch, total):
         state.epoch = epoch
         result = RoundDict()
+        train_pass = _pass(runner, "train_epoch", train_epoch)
+        evaluate_pass = _pass(runner, "evaluate_epoch", evaluate_epoch)
         for split in loop.remaining(train_splits):
-            result[split] = runner.train_epoch(split)
+            result[split] = train_pass(split)
         for split in evaluate_splits:
-            result[split] = runner.evaluate_epoch(split)
+            result[split] = evaluate_pass(split)
         runner.step_epoch_scheduler(result)
         runner.append_result(result, index=epoch)
         print(format_epoch_line(result, epoch + 1, total))
@@ -168,6 +203,7 @@ def train_steps(runner: TorchRunner, train_splits: Sequence[str], evaluate_split
     print(f"train: step mode start global_step={state.global_step} steps={total}")
     iterators: dict[str, Iterator | None] = {}
     result = RoundDict()
+    turn = _pass(runner, "train_split_steps", train_split_steps)
     while state.global_step < total:
         start = state.global_step
         round_result = RoundDict()
@@ -179,7 +215,7 @@ def train_steps(runner: TorchRunner, train_splits: Sequence[str], evaluate_split
                     total - state.global_step, len(splits) - index, runner.dataloaders[split], runner.accum_steps
                 )
                 target = state.global_step + budget
-            round_result[split] = runner.train_split_steps(split, target, iterators)
+            round_result[split] = turn(split, target, iterators)
         if state.global_step == start:
             warnings.warn(
                 f"step-mode training made no progress after one full split pass (target={total}, "
@@ -199,8 +235,9 @@ def train_steps(runner: TorchRunner, train_splits: Sequence[str], evaluate_split
             RuntimeWarning,
             stacklevel=2,
         )
+    evaluate_pass = _pass(runner, "evaluate_steps", evaluate_epoch)
     for split in evaluate_splits:
-        result[split] = runner.evaluate_steps(split)
+        result[split] = evaluate_pass(split)
     runner.append_result(result, index=state.global_step)
     print(format_epoch_line(result, None, None))
     runner.save_result()
@@ -313,8 +350,9 @@ def evaluate(runner: TorchRunner, splits: Sequence[str]) -> RoundDict:
     print("evaluate: start")
     print(f"evaluate: splits={list(splits)}")
     result = RoundDict()
+    evaluate_pass = _pass(runner, "evaluate_epoch", evaluate_epoch)
     for split in splits:
-        result[split] = runner.evaluate_epoch(split)
+        result[split] = evaluate_pass(split)
     print(format_epoch_line(result, None, None))
     return result
 

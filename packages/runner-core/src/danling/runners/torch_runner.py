@@ -396,21 +396,21 @@ class TorchRunner(BaseRunner):
         if not train_splits:
             raise ValueError("cannot start training: no valid training split was resolved")
         evaluate_splits = self._resolve_splits(evaluate_splits, self.evaluate_splits, "evaluation")
-        print(f"train: splits={train_splits}")
-        print(f"evaluate: splits={evaluate_splits}")
-        if self.is_step_mode:
-            return self.train_steps(train_splits, evaluate_splits)
-        return self.train_epochs(train_splits, evaluate_splits)
+        return loops.train(self, train_splits, evaluate_splits)
 
+    @loops.loop_entry
     def train_epochs(self, train_splits: Sequence[str], evaluate_splits: Sequence[str]) -> RoundDict:
         return loops.train_epochs(self, train_splits, evaluate_splits)
 
+    @loops.loop_entry
     def train_epoch(self, split: str = "train") -> RoundDict:
         return loops.train_epoch(self, split)
 
+    @loops.loop_entry
     def train_steps(self, train_splits: Sequence[str], evaluate_splits: Sequence[str]) -> RoundDict:
         return loops.train_steps(self, train_splits, evaluate_splits)
 
+    @loops.loop_entry
     def train_split_steps(self, split: str, target: int, iterators: dict | None = None) -> RoundDict:
         return loops.train_split_steps(self, split, target, iterators)
 
@@ -421,9 +421,11 @@ class TorchRunner(BaseRunner):
             raise ValueError("cannot start evaluation: no valid evaluation split was resolved")
         return loops.evaluate(self, splits)
 
+    @loops.loop_entry
     def evaluate_epoch(self, split: str = "val") -> RoundDict:
         return loops.evaluate_epoch(self, split)
 
+    @loops.loop_entry
     def evaluate_steps(self, split: str = "val", steps: int | None = None) -> RoundDict:
         """Evaluate ``split``'s first ``steps`` batches (all of them by default)."""
         return loops.evaluate_epoch(self, split, steps)
