@@ -12,7 +12,12 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["checkpoint_manager_class", "find_checkpoint_format", "register_checkpoint_manager"]
+__all__ = [
+    "checkpoint_manager_class",
+    "find_checkpoint_format",
+    "register_checkpoint_manager",
+    "registered_checkpoint_backends",
+]
 
 #: name -> manager class, or "module:attribute" until first use (keeps torch.distributed.checkpoint unimported)
 _MANAGERS: dict[str, Any] = {
@@ -24,6 +29,11 @@ _MANAGERS: dict[str, Any] = {
 def register_checkpoint_manager(name: str, manager_class: type) -> None:
     """Make ``manager_class`` the manager of ``checkpoint.backend == name`` (lower-cased)."""
     _MANAGERS[name.strip().lower()] = manager_class
+
+
+def registered_checkpoint_backends() -> tuple[str, ...]:
+    """The names ``checkpoint.backend`` accepts besides ``"auto"``, sorted."""
+    return tuple(sorted(_MANAGERS))
 
 
 def checkpoint_manager_class(name: str) -> type:
