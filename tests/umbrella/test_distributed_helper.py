@@ -1,4 +1,5 @@
 import os
+import socket
 import time
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 import torch.distributed as dist
 
 from tests.distributed import run_workers
+from tests.umbrella._slow_import_worker import IMPORT_SECONDS, quick_rank
 
 
 def _sum_of_ranks(rank: int, world_size: int) -> float:
@@ -39,5 +41,58 @@ def _exit_without_reporting(rank: int, world_size: int) -> None:
 def test_run_workers_notices_a_rank_that_died_silently():
     start = time.monotonic()
     with pytest.raises(AssertionError, match="rank 1 exited with code 3"):
-        run_workers(_exit_without_reporting, 2, timeout=60)
-    assert time.monotonic() - start < 30
+        run_workers(_exit_without_reporting, 2, timeout=300)
+    assert time.monotonic() - start < 150  # long before the timeout, even on a machine busy with other tests
+
+
+def _sleeping_rank(rank: int, world_size: int) -> None:
+    if rank == 1:
+        time.sleep(600)  # a hung rank: idle, like one waiting on a peer that never comes
+
+
+@pytest.mark.distributed
+def test_a_timeout_shows_where_the_hung_rank_waits():
+    start = time.monotonic()
+    with pytest.raises(AssertionError) as error:
+        run_workers(_sleeping_rank, 2, timeout=3)
+    message = str(error.value)
+    assert "timed out after 3s of work; finished: [0]" in message
+    assert "--- rank 1" in message and "_sleeping_rank" in message  # the hung rank's own stack
+    assert "--- rank 0" not in message
+    assert time.monotonic() - start < 150
+
+
+@pytest.mark.distributed
+def test_a_slow_start_does_not_count_against_the_work_timeout():
+    # Each rank spends IMPORT_SECONDS importing the worker's module, longer than the whole work timeout:
+    # the work clock starts only once every rank is ready.
+    start = time.monotonic()
+    assert run_workers(quick_rank, 2, timeout=IMPORT_SECONDS / 2) == [0, 1]
+    assert time.monotonic() - start > IMPORT_SECONDS
+
+
+@pytest.mark.distributed
+def test_a_start_that_exceeds_its_own_limit_says_so():
+    with pytest.raises(AssertionError, match=r"did not start within 1\.0s \(0 of 2 ranks ready"):
+        run_workers(quick_rank, 2, startup_timeout=1.0)
+
+
+def _rendezvous_port_is_held(rank: int, world_size: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", int(os.environ["MASTER_PORT"])))
+        except OSError:
+            return True
+    return False
+
+
+@pytest.mark.distributed
+def test_the_rendezvous_port_stays_bound_while_ranks_run():
+    assert run_workers(_rendezvous_port_is_held, 2) == [True, True]
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="world_size must be a positive number of processes, got 0"):
+        run_workers(quick_rank, 0)
+    with pytest.raises(ValueError, match="timeout=-1"):
+        run_workers(quick_rank, 2, timeout=-1)
