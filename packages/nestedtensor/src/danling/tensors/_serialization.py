@@ -22,29 +22,37 @@ REQUIRED_KEYS = (
     "_offsets",
     "_permutation",
     "_physical_shape",
+    "_logical_shape",
     "batch_first",
     "padding_value",
     "mask_value",
+    "_pin_memory",
+    "_packed_sizes",
+    "_element_shapes",
 )
+"""The documented state keys, in the documented order; ``nested_state`` writes exactly these."""
 
 
 def nested_state(nested: Any) -> dict:
-    """State of a NestedTensor as a dict of tensors and Python values (no caches)."""
-    layout = nested._layout
+    """State of a NestedTensor as a dict of tensors and Python values (no caches), with the documented keys.
+
+    How many element dims are ragged and the sizes of the static ones are not stored: they are the
+    trailing dims of ``_values`` (``(rows, *static sizes)``), which ``parse_state`` reads back.
+    """
+    layout, values = nested._layout, nested._values
     return {
         "_state_version": STATE_VERSION,
-        "_values": nested._values,
+        "_values": values,
         "_offsets": layout.offsets,
         "_permutation": layout.permutation,
-        "_ragged_rank": layout.ragged_rank,
         "_physical_shape": layout.shape_tensor,
         "_logical_shape": tuple(nested._logical_shape),
-        "_static_sizes": layout.static_sizes,
-        "_packed_sizes": layout.packed_sizes,
-        "_element_shapes": layout.element_shapes,
         "batch_first": nested._batch_first,
         "padding_value": nested._padding_value,
         "mask_value": nested._mask_value,
+        "_pin_memory": values.device.type == "cpu" and values.is_pinned(),
+        "_packed_sizes": layout.packed_sizes,
+        "_element_shapes": layout.element_shapes,
     }
 
 
@@ -81,17 +89,12 @@ def parse_state(state: dict) -> tuple[Tensor, NestedLayout, dict]:
     if (offsets.diff() < 0).any():
         raise ValueError("offsets must be monotonically non-decreasing")
     element_shapes = tuple(tuple(row) for row in shapes.tolist())
-    if "_element_shapes" in state and tuple(map(tuple, state["_element_shapes"])) != element_shapes:
+    if tuple(map(tuple, state["_element_shapes"])) != element_shapes:
         raise ValueError("element_shapes must match shape_tensor exactly")
-    permutation = tuple(state["_permutation"])
-    ragged_rank = state.get("_ragged_rank")
-    if ragged_rank is None:  # states without it use the canonical split
-        ragged_rank = NestedLayout.from_shapes(element_shapes).ragged_rank if permutation else 0
-    if batch:
-        layout = NestedLayout.from_shapes(element_shapes, permutation, ragged_rank)
-    else:
-        layout = NestedLayout((), permutation, ragged_rank, tuple(state.get("_static_sizes", ())))
-    if tuple(offsets.diff().tolist()) != layout.packed_sizes:
+    permutation = tuple(int(d) for d in state["_permutation"])
+    layout = _layout(values, element_shapes, permutation)
+    sizes = tuple(offsets.diff().tolist())
+    if sizes != layout.packed_sizes or tuple(state["_packed_sizes"]) != sizes:
         raise ValueError("packed_sizes must match the element shapes and offsets")
     expected_rows = int(offsets[-1])
     if values.shape[:1] != (expected_rows,) and batch:
@@ -101,6 +104,23 @@ def parse_state(state: dict) -> tuple[Tensor, NestedLayout, dict]:
         )
     settings = {key: state[key] for key in ("batch_first", "padding_value", "mask_value")}
     return values, layout, settings
+
+
+def _layout(values: Tensor, element_shapes: tuple, permutation: tuple[int, ...]) -> NestedLayout:
+    """The layout of ``values``: its trailing dims are the static element dims, the rest are ragged."""
+    static_sizes = tuple(values.shape[1:])
+    ragged_rank = len(permutation) - len(static_sizes)
+    fits = values.dim() >= 1 and (ragged_rank > 0 if permutation else not static_sizes)
+    layout = None
+    if fits and element_shapes:
+        layout = NestedLayout.from_shapes(element_shapes, permutation, ragged_rank)
+        fits = layout.static_sizes == static_sizes
+    if not fits:
+        raise ValueError(
+            f"values of shape {tuple(values.shape)} do not fit elements {element_shapes[:4]} packed with "
+            f"permutation {permutation}: expected (rows, *sizes of the static dims)"
+        )
+    return layout or NestedLayout((), permutation, ragged_rank, static_sizes)
 
 
 def rebuild_nested_tensor(state: dict) -> Any:

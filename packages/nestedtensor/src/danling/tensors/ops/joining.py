@@ -3,7 +3,8 @@ Joining NestedTensors: ``torch.cat`` (and ``concat``, ``concatenate``, ``hstack`
 
 - Along the batch dim, ``cat`` concatenates batches: one ``torch.cat`` of the values. A dense tensor
   joins as a batch of equal-shape elements (its size along the batch dim is its number of elements,
-  as for dense ``torch.cat``; the reference implementation appended it as one element).
+  as for dense ``torch.cat``; the reference implementation appended it as one element). Empty
+  NestedTensors (``NestedTensor([])``, whose elements have no rank) contribute nothing.
 - Along an element dim, element ``i`` of the result is ``torch.cat`` of elements ``i`` of the inputs:
   one ``torch.cat`` of the values along a static dim, one gather of rows along a ragged dim (for
   large elements on the CPU joined along their first ragged dim, one ``torch.cat`` of their row
@@ -40,17 +41,21 @@ def _settings(nt: NestedTensor) -> tuple:
 
 
 def _check_inputs(tensors: Sequence[Tensor], op: str) -> NestedTensor:
-    """The first NestedTensor of ``tensors``, after checking that all of them agree on settings and rank."""
+    """The NestedTensor the result takes after, checking that all of them agree on settings and rank.
+
+    That is the first one with elements (or the first one, when all are empty). Empty NestedTensors
+    join any batch: their rank is not checked (``NestedTensor([])`` has elements of no known rank).
+    """
     nested = [(i, t) for i, t in enumerate(tensors) if is_nested(t)]
-    first_index, first = nested[0]
-    for index, other in nested[1:]:
+    first_index, first = next(((i, t) for i, t in nested if len(t)), nested[0])
+    for index, other in nested:
         if _settings(other) != _settings(first):
             names = "batch_first, padding_value, mask_value"
             raise ValueError(
                 f"{op} of NestedTensors needs one ({names}), but tensors[{first_index}] has {_settings(first)} "
                 f"and tensors[{index}] has {_settings(other)}"
             )
-        if other._layout.rank != first._layout.rank:
+        if len(other) and other._layout.rank != first._layout.rank:
             raise ValueError(
                 f"{op} of NestedTensors needs elements of one rank, but tensors[{first_index}] has rank "
                 f"{first._layout.rank} and tensors[{index}] has rank {other._layout.rank}"
@@ -61,7 +66,7 @@ def _check_inputs(tensors: Sequence[Tensor], op: str) -> NestedTensor:
 def _as_batch(tensor: Tensor, like: NestedTensor) -> NestedTensor:
     """A dense tensor as a batch of equal-shape elements, its batch dim where ``like`` has it."""
     dense = tensor.movedim(batch_dim(like), 0) if tensor.dim() > 1 else tensor
-    if dense.dim() != like._layout.rank + 1:
+    if len(like) and dense.dim() != like._layout.rank + 1:
         raise ValueError(
             f"torch.cat along the batch dim needs a dense tensor of {like.dim()} dims to join a NestedTensor of "
             f"{like.dim()} dims, got shape {tuple(tensor.shape)}"
@@ -104,8 +109,9 @@ def cat_batches(tensors: Sequence[Tensor], like: NestedTensor) -> NestedTensor:
     """Concatenate batches: the elements of every input, in order."""
     parts = [t if is_nested(t) else _as_batch(t, like) for t in tensors]
     nonempty = [p for p in parts if len(p)]
-    if len(nonempty) <= 1:
-        return nonempty[0] if nonempty else parts[0]
+    if len(nonempty) <= 1:  # a copy, as every torch.cat returns
+        only = nonempty[0] if nonempty else like
+        return like._rewrap(only._values.clone(), only._layout)
     packed = align_packings(nonempty)
     if packed is None:
         check_slow_path("torch.cat of NestedTensors packed along different ragged dims")

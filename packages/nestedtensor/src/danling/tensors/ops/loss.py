@@ -23,6 +23,9 @@ Elementwise losses (``mse_loss``, ``l1_loss``, ``smooth_l1_loss``, ``huber_loss`
 ``(L_i,)`` targets, or ``(L_i, C, d)`` with ``(L_i, d)``), or element dim 0 for ``(C,)`` elements,
 exactly as the dense loss reads every element; the target drops that dim (or, holding class
 probabilities, has the input's shapes). Class weights are per class and pass through unchanged.
+``multi_margin_loss`` reads its input and target the same way, ``multilabel_margin_loss`` takes a
+target with the input's shapes, and ``cosine_embedding_loss`` two ``(L_i, D)`` inputs with ``(L_i,)``
+targets (one pair per row).
 
 Examples:
     >>> import torch.nn.functional as F
@@ -221,7 +224,9 @@ def _class_targets(target: Any, input: NestedTensor, target_layout: NestedLayout
     return values.movedim(values_dim, 1)
 
 
-def _class_loss(func: Callable) -> Callable:
+def _class_loss(func: Callable, target_like_input: bool = False) -> Callable:
+    """A handler of class loss ``func``; ``target_like_input`` when its target has the scores' shape (multi-label)."""
+
     def handler(*args: Any, **kwargs: Any) -> Tensor:
         arguments = _bind(func, args, kwargs)
         input = arguments["input"]
@@ -237,7 +242,11 @@ def _class_loss(func: Callable) -> Callable:
         if is_nested(target) and target._layout.same_as(target_layout):
             target_layout = target._layout  # its index tensors may already be cached
         arguments["input"] = scores
-        arguments["target"] = _class_targets(target, input, target_layout, values_dim, func.__name__)
+        if target_like_input:
+            lined_up = _lined_up(target, input._layout, input, "target", func.__name__)
+            arguments["target"] = lined_up.reshape(scores.shape) if values_dim < 0 else lined_up.movedim(values_dim, 1)
+        else:
+            arguments["target"] = _class_targets(target, input, target_layout, values_dim, func.__name__)
         return _finish(func(**arguments), input, target_layout, arguments["reduction"])
 
     handler.__name__ = handler.__qualname__ = func.__name__
@@ -247,6 +256,49 @@ def _class_loss(func: Callable) -> Callable:
 
 cross_entropy = implements(F.cross_entropy)(_class_loss(F.cross_entropy))
 nll_loss = implements(F.nll_loss)(_class_loss(F.nll_loss))
+multi_margin_loss = implements(F.multi_margin_loss)(_class_loss(F.multi_margin_loss))
+multilabel_margin_loss = implements(F.multilabel_margin_loss)(
+    _class_loss(F.multilabel_margin_loss, target_like_input=True)
+)
 
 
-__all__ = ["ELEMENTWISE_LOSSES", "cross_entropy", "drop_static_dim", "nll_loss"]
+# ---------------------------------------------------------------------------- pair losses
+
+
+@implements(F.cosine_embedding_loss)
+def cosine_embedding_loss(*args: Any, **kwargs: Any) -> Tensor:
+    r"""
+    ``F.cosine_embedding_loss`` of sequences: ``(L_i, D)`` inputs, ``(L_i,)`` targets of 1 or -1, one pair per row.
+
+    The features (element dim 1, or the whole element for ``(D,)`` elements) must have one size.
+
+    Examples:
+        >>> first = NestedTensor([torch.randn(3, 5), torch.randn(2, 5)])
+        >>> second = NestedTensor([torch.randn(3, 5), torch.randn(2, 5)])
+        >>> target = NestedTensor([torch.tensor([1, -1, 1]), torch.tensor([-1, 1])])
+        >>> loss = F.cosine_embedding_loss(first, second, target)
+        >>> torch.allclose(loss, F.cosine_embedding_loss(first.concat, second.concat, target.concat))
+        True
+    """
+    arguments = _bind(F.cosine_embedding_loss, args, kwargs)
+    input = next((arguments[n] for n in ("input1", "input2") if is_nested(arguments[n])), None)
+    if input is None:
+        raise TypeError("cosine_embedding_loss with a NestedTensor target needs NestedTensor inputs")
+    op = "cosine_embedding_loss"
+    scores, target_layout, values_dim = _class_scores(input, op)
+    for name in ("input1", "input2"):
+        lined_up = _lined_up(arguments[name], input._layout, input, name, op)
+        arguments[name] = lined_up.reshape(scores.shape) if values_dim < 0 else lined_up.movedim(values_dim, 1)
+    arguments["target"] = _lined_up(arguments["target"], target_layout, input, "target", op)
+    return _finish(F.cosine_embedding_loss(**arguments), input, target_layout, arguments["reduction"])
+
+
+__all__ = [
+    "ELEMENTWISE_LOSSES",
+    "cosine_embedding_loss",
+    "cross_entropy",
+    "drop_static_dim",
+    "multi_margin_loss",
+    "multilabel_margin_loss",
+    "nll_loss",
+]

@@ -34,8 +34,8 @@ import torch
 from torch import Tensor
 
 from ..nested_tensor import NestedTensor
-from ._packed import batch_dim, dims_argument, normalize_dim, same_layout
-from ._registry import implements_aten
+from ._packed import align_dense, batch_dim, dims_argument, normalize_dim, same_layout
+from ._registry import check_padding, implements_aten
 from ._segments import ReductionPlan, flat_index, identity, plan_reduction, reduce_static
 
 aten = torch.ops.aten
@@ -477,11 +477,53 @@ def equal(func, args, kwargs) -> bool:
     return pair is not None and torch.equal(*pair)
 
 
+def _allclose_dense(nested: NestedTensor, dense: Tensor, nested_first: bool, options: tuple, kwargs: dict) -> bool:
+    """``torch.allclose`` of a NestedTensor and a dense tensor that broadcasts against it, real values only."""
+    try:
+        shape = torch.broadcast_shapes(nested.shape, dense.shape)
+    except RuntimeError:  # the padded comparison below raises torch's own size error
+        shape = None
+    if shape == nested.shape and (nested._batch_first or dense.shape == nested.shape):
+        aligned = align_dense(nested, dense)
+        if aligned is not None:  # the real positions of the same shape, or a broadcast over static dims
+            pair = (nested._values, aligned) if nested_first else (aligned, nested._values)
+            return torch.allclose(*pair, *options, **kwargs)
+    check_padding("allclose of a NestedTensor and a dense tensor broadcast along a ragged or the batch dim")
+    padded = nested.tensor
+    close = (
+        torch.isclose(padded, dense, *options, **kwargs)
+        if nested_first
+        else torch.isclose(dense, padded, *options, **kwargs)
+    )
+    valid = nested._layout.valid_mask(padded.device)
+    if not nested._batch_first and valid.dim() > 1:
+        valid = valid.movedim(0, 1)
+    return bool((close | ~valid).all())
+
+
 @implements_aten(aten.allclose.default)
 def allclose(func, args, kwargs) -> bool:
-    """``torch.allclose`` over real values (a dense operand is compared with ``.tensor``)."""
-    pair = _comparable(args[0], args[1])
-    return pair is not None and torch.allclose(*pair, *args[2:], **kwargs)
+    r"""
+    ``torch.allclose`` over real values.
+
+    Two NestedTensors compare their elements (``False`` when element shapes differ). A dense operand
+    broadcasts against the NestedTensor as it would against ``.tensor``, incompatible shapes raise
+    torch's size error, and padding positions are never compared.
+
+    Examples:
+        >>> nt = NestedTensor([[1.0, 2.0, 3.0], [4.0, 5.0]])
+        >>> torch.allclose(nt, torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 99.0]]))
+        True
+        >>> torch.allclose(NestedTensor([[1.0, 1.0], [1.0]]), torch.tensor(1.0))
+        True
+    """
+    first, second = args[0], args[1]
+    if isinstance(first, NestedTensor) and isinstance(second, NestedTensor):
+        pair = _comparable(first, second)
+        return pair is not None and torch.allclose(*pair, *args[2:], **kwargs)
+    if isinstance(first, NestedTensor):
+        return _allclose_dense(first, second, True, args[2:], kwargs)
+    return _allclose_dense(second, first, False, args[2:], kwargs)
 
 
 __all__ = [

@@ -95,8 +95,8 @@ def reshape_elements(nt: NestedTensor, shapes: list[tuple[int, ...]], copy: bool
     layout views every element on its own, which torch allows only where its strides do.
     """
     layout = nt._layout
-    if not shapes:
-        return nt
+    if not shapes:  # an empty batch: a new NestedTensor viewing the same (empty) values, never ``nt`` itself
+        return nt._rewrap(nt._values.view(nt._values.shape))
     new_layout = NestedLayout.from_shapes(shapes)
     if layout.is_identity and new_layout.is_identity:
         values = nt._values

@@ -105,7 +105,10 @@ def transpose(func, args, kwargs) -> NestedTensor:
 @implements_aten(aten.unsqueeze.default)
 def unsqueeze(func, args, kwargs) -> NestedTensor:
     r"""
-    Insert a size-1 dim inside every element; ``dim`` counts the batch dim.
+    Insert a size-1 dim inside every element; ``dim`` counts the batch dim and must come after it.
+
+    With ``batch_first=False`` (the batch at dim 1) dims 0 and 1 raise, as the batch dim does with
+    ``batch_first=True``: a new leading dim would move the batch dim.
 
     Examples:
         >>> nested_tensor = NestedTensor([torch.tensor([1, 2, 3]), torch.tensor([4, 5])])
@@ -122,12 +125,15 @@ def unsqueeze(func, args, kwargs) -> NestedTensor:
         torch.Size([2, 3, 1, 4])
         >>> # Now each underlying tensor has shape [len1, 1, len2] instead of [len1, len2]
     """
-    nt, dim = args
-    dim = normalize_dim(dim, nt.dim() + 1)
+    nt, given = args
+    dim = normalize_dim(given, nt.dim() + 1)
     batch = batch_dim(nt)
-    if dim == batch:
-        raise ValueError("Cannot unsqueeze at the batch dimension of a NestedTensor.")
-    return unsqueeze_elements(nt, dim - 1 if dim > batch else dim)
+    if dim <= batch:  # a new dim there would move the batch dim (``batch_first=False`` keeps it at 1)
+        raise ValueError(
+            f"Cannot unsqueeze at the batch dimension of a NestedTensor or before it: dim {given} with the batch "
+            f"at dim {batch}; new dims go after the batch dim"
+        )
+    return unsqueeze_elements(nt, dim - 1)
 
 
 def unsqueeze_elements(nt: NestedTensor, new: int) -> NestedTensor:

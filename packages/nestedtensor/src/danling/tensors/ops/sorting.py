@@ -314,13 +314,34 @@ def running_extremum(func, args, kwargs) -> tuple[NestedTensor, NestedTensor]:
 # ------------------------------------------------------------------------------------------------ search
 
 
+def _check_sorter(boundaries: Tensor, sorter: Tensor | None) -> None:
+    """``sorter`` must have the shape of ``boundaries``: the same elements when either is nested."""
+    if sorter is None:
+        return
+    if is_nested(boundaries) and is_nested(sorter):
+        same = boundaries._layout.element_shapes == sorter._layout.element_shapes
+    else:
+        same = not is_nested(boundaries) and not is_nested(sorter) and boundaries.shape == sorter.shape
+    if not same:
+        raise RuntimeError(
+            "torch.searchsorted(): boundary and sorter must have the same size, but got boundary tensor "
+            f"{list(boundaries.shape)}and got sorter tensor {list(sorter.shape)}"
+            + (
+                " (a NestedTensor of sorted sequences takes a NestedTensor sorter of the same element shapes)"
+                if is_nested(boundaries) or is_nested(sorter)
+                else ""
+            )
+        )
+
+
 @implements_aten(aten.searchsorted.Tensor, aten.searchsorted.Scalar)
 def searchsorted(func, args, kwargs) -> Tensor:
     r"""
     ``torch.searchsorted(boundaries, nt)``: dense 1-D boundaries search the packed values at once.
 
     A NestedTensor of sorted sequences searches element by element (a documented slow path: each
-    element has its own boundaries).
+    element has its own boundaries); its ``sorter`` is then a NestedTensor of the same element
+    shapes. A ``sorter`` has the shape of the boundaries, as torch requires.
 
     Examples:
         >>> torch.searchsorted(torch.tensor([1, 3, 5]), NestedTensor([[0, 4], [6]]))
@@ -331,6 +352,7 @@ def searchsorted(func, args, kwargs) -> Tensor:
     """
     bound = bind(func, args, kwargs)
     boundaries, nt = bound["sorted_sequence"], bound["self"]
+    _check_sorter(boundaries, bound.get("sorter"))
     if is_nested(boundaries) or not is_nested(nt) or boundaries.dim() != 1:
         return per_element_fallback(func, args, kwargs)
     rest = {k: v for k, v in kwargs.items() if k not in ("sorted_sequence", "self")}
