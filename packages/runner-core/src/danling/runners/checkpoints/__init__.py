@@ -6,6 +6,9 @@
 - ``FileCheckpointManager`` (``file``): ``torch.save`` files with ``latest``/``best``/history
   aliases, ``keep_latest_k`` retention; ``load_checkpoint``, ``resolve_checkpoint_path`` and
   ``read_config`` for loading without a manager.
+- ``DCPCheckpointManager`` (``dcp``): ``torch.distributed.checkpoint`` directories written by every
+  rank, named by ``latest``/``best``/history pointer files; ``load_dcp_checkpoint``,
+  ``resolve_dcp_checkpoint`` and ``read_dcp_config`` for loading without a manager.
 - ``CheckpointLayout`` (``layout``): data files written once under new names, aliases flipped
   atomically (relative symbolic links, hard links where those are unavailable).
 - ``save_model_state`` / ``load_model_state`` (``export``): model weights as safetensors.
@@ -22,6 +25,7 @@ from .base import (
     collect_state,
     resolve_checkpoint_interval,
 )
+from .dcp import DCPCheckpointManager, load_dcp_checkpoint, read_dcp_config, resolve_dcp_checkpoint
 from .export import load_model_state, save_model_state
 from .file import FileCheckpointManager, load_checkpoint, read_config, resolve_checkpoint_path
 from .layout import CheckpointLayout
@@ -34,6 +38,7 @@ __all__ = [
     "CheckpointLayout",
     "CheckpointManager",
     "CheckpointNotFoundError",
+    "DCPCheckpointManager",
     "FileCheckpointManager",
     "SaveRequest",
     "StagingPool",
@@ -43,11 +48,14 @@ __all__ = [
     "find_checkpoint_format",
     "fresh_entries",
     "load_checkpoint",
+    "load_dcp_checkpoint",
     "load_model_state",
     "read_config",
+    "read_dcp_config",
     "register_checkpoint_manager",
     "resolve_checkpoint_interval",
     "resolve_checkpoint_path",
+    "resolve_dcp_checkpoint",
     "save_model_state",
     "snapshot",
 ]
