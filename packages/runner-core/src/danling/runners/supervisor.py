@@ -10,8 +10,9 @@ not a runner, so each duty works and is tested on its own.  The loop drives it a
   save from a hang;
 - at the end: ``close()``.
 
-A termination signal only sets a flag.  The step in flight finishes; at the next step boundary
-the ranks agree (one ``all_reduce`` of a CPU flag over gloo), save, and leave the loop together.
+A termination signal only sets a flag.  The step in flight finishes; at a step boundary the
+ranks agree (an ``all_reduce`` of a CPU flag over gloo, overlapped with the following step by
+default), save, and leave the loop together, all after the same step.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class RunnerSupervisor:
         process_group: Group the ranks agree over; ``None`` uses the default group when it can
             reduce CPU tensors (gloo), otherwise a gloo group made by ``init_signal_handlers``.
         fields: Constant heartbeat entries (``id``, ``name``, ...).
+        overlap_agreement: Let the ranks' stop agreement run during the next step instead of
+            waiting for it (see ``should_stop``).
 
     Examples:
         >>> import gc, tempfile
@@ -103,6 +106,7 @@ class RunnerSupervisor:
         signals: Iterable[str | int] = ("SIGTERM",),
         process_group: Any = None,
         fields: Mapping[str, Any] | None = None,
+        overlap_agreement: bool = True,
     ) -> None:
         self.workspace_dir = os.fsdecode(workspace_dir)
         self.heartbeat = _section(heartbeat, HeartbeatConfig, "heartbeat")
@@ -114,6 +118,8 @@ class RunnerSupervisor:
         self._group = process_group
         self._group_ready = False
         self._flag = torch.zeros(1, dtype=torch.int32)
+        self.overlap_agreement = overlap_agreement
+        self._pending: Any = None
         # signals
         self.received_signal: signal.Signals | None = None
         self.signal_count = 0
@@ -170,9 +176,12 @@ class RunnerSupervisor:
         r"""
         Whether to stop now: some rank received a termination signal.  Every rank gets the same answer.
 
-        Call it on every rank at the same points (after each applied optimizer step): when a
-        process group exists it is one ``all_reduce`` (MAX) of a one-element CPU tensor; without
-        one it reads the local flag.  Once ``True``, it stays ``True`` without communicating.
+        Call it on every rank at the same points (after each applied optimizer step).  Without a
+        process group it reads the local flag.  With one, the ranks agree by an ``all_reduce``
+        (MAX) of a one-element CPU tensor: with ``overlap_agreement`` (the default) each call
+        reads the reduction started by the previous call and starts the next one, so the
+        collective runs during the next step and the ranks stop one step after the signal's;
+        without it, each call waits for its own reduction.  Once ``True``, it stays ``True``.
         """
         if self.stop_agreed:
             return True
@@ -181,10 +190,20 @@ class RunnerSupervisor:
         if group is False:
             self.stop_agreed = local
             return local
-        self._flag.fill_(1 if local else 0)
-        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=group)
-        self.stop_agreed = bool(self._flag.item())
-        return self.stop_agreed
+        if not self.overlap_agreement:
+            self._flag.fill_(int(local))
+            dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=group)
+            self.stop_agreed = bool(self._flag.item())
+            return self.stop_agreed
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+            if self._flag.item():
+                self.stop_agreed = True
+                return True
+        self._flag.fill_(int(local))
+        self._pending = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=group, async_op=True)
+        return False
 
     def maybe_handle_termination_signal(self, save: Callable[[], Any] | None = None) -> bool:
         r"""
@@ -304,6 +323,9 @@ class RunnerSupervisor:
         if self.closed:
             return
         self.closed = True
+        if self._pending is not None:  # every rank started it: finish it before the group goes away
+            self._pending.wait()
+            self._pending = None
         if self._heartbeat is not None:
             self._heartbeat.close()
         self.restore_signal_handlers()
