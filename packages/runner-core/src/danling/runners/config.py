@@ -10,11 +10,16 @@ latest checkpoint again.
 from __future__ import annotations
 
 import hashlib
+import math
+import re
+import warnings
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 import chanfig
 
+from .config_fields import Field, OpenSection, Section, UnknownKeyError, check_known_keys, is_declared_path
 from .config_sections import (
     ASYNC_MODES,
     CHECKPOINT_BACKENDS,
@@ -24,15 +29,19 @@ from .config_sections import (
     CommConfig,
     CompileConfig,
     DataloaderConfig,
+    DeepSpeedConfig,
     FaultToleranceConfig,
     FsdpConfig,
     GcConfig,
     HeartbeatConfig,
+    OptimConfig,
     ParallelAxesConfig,
     ParallelConfig,
     ProfilingConfig,
+    SchedConfig,
     WandbConfig,
     _check_int,
+    _check_positive,
     _choice,
     resolve_async_mode,
 )
@@ -102,9 +111,42 @@ _SECTIONS = (
     ("checkpoint", CheckpointConfig),
     ("parallel", ParallelConfig),
 )
+#: Sections present only once set or first touched (``config.optim.lr = 0.1`` creates ``optim``).
+#: Left at their defaults they count as absent for the run's identity, so reading one never
+#: changes ``config_id``.
+_ON_DEMAND_SECTIONS = (
+    ("dataloader", DataloaderConfig),
+    ("fsdp", FsdpConfig),
+    ("optim", OptimConfig),
+    ("optimizer", OptimConfig),
+    ("sched", SchedConfig),
+    ("scheduler", SchedConfig),
+    ("deepspeed", DeepSpeedConfig),
+)
+_UNRECOGNIZED = re.compile(r"Unrecognized argument '--([\w.]+)'")
+#: Keys that name the same setting; a config sets at most one of each pair.
+_ALIASES = (("optim", "optimizer"), ("sched", "scheduler"))
 
 
-class RunnerConfig(chanfig.Config):
+def _as_ema(value: Any) -> Any:
+    """``config.ema`` as stored: ``None`` (no EMA) or the EMA section (``danling.runners.ema.EmaConfig``)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"ema must be a mapping of EMA settings (decay, warmup_steps, ...) or None, got {value!r}")
+    try:
+        from .ema import EmaConfig
+    except ImportError:  # runner-core without its EMA module: keep the settings as they are
+        return value
+    return value if isinstance(value, EmaConfig) else EmaConfig(value)
+
+
+@cache
+def _pristine(section: type) -> dict[str, Any]:
+    return section().dict()
+
+
+class RunnerConfig(OpenSection):
     r"""
     All settings of a run: a ``chanfig.Config`` with typed sections, validated when built and parsed.
 
@@ -118,8 +160,15 @@ class RunnerConfig(chanfig.Config):
 
     Sections (see ``danling.runners.config_sections``): ``checkpoint``, ``compile``, ``comm``,
     ``gc``, ``profiling``, ``heartbeat``, ``wandb``, ``ft``, ``parallel`` (always present) and
-    ``dataloader``, ``fsdp`` (present once you set a key).  Free-form sections such as ``optim``,
-    ``sched`` or ``network`` are plain ``Config`` objects.
+    ``dataloader``, ``fsdp``, ``optim``/``optimizer``, ``sched``/``scheduler``, ``deepspeed``
+    (present once set or first touched).  Sections are closed: a key one does not declare raises
+    ``UnknownKeyError`` naming the closest valid key (``checkpoint.intervall`` ->
+    ``did you mean 'interval'?``); ``optim``, ``sched`` and ``deepspeed`` also take free-form
+    keys for the optimizer, the scheduler and DeepSpeed.  The top level takes your own keys
+    (``network``, ``learning_rate``, ...) as plain values or ``Config`` objects.
+
+    Keys below marked *(unset)* are declared but stored only once set: unset, they read as the
+    default given and stay out of ``dict()`` and the run's identity.
 
     Attributes:
         stack: Runner backend for ``danling.runners.Runner``: ``"auto"`` (= ``"ddp"``),
@@ -143,12 +192,53 @@ class RunnerConfig(chanfig.Config):
         log: Write a log file (on the main process).
         tensorboard: Write TensorBoard scalars.
         log_interval: Iterations between progress lines; ``None`` derives it from the budget.
-        lineage: Top folder of the run under ``workspace_root`` (default ``"lin"``); the code
+        lineage: *(unset: "lin")* Top folder of the run under ``workspace_root``; the code
             version (git hash) is appended when known.
-        experiment: Experiment name (default ``"exp"``).
-        name: Display name (default ``"{lineage}-{experiment}"``).
-        precision: Autocast dtype: ``"fp16"``/``"float16"``/``"half"`` or ``"bf16"``/``"bfloat16"``.
-        sched.interval: When the scheduler steps: ``"step"``, ``"epoch"`` or ``"validation"``.
+        experiment: *(unset: "exp")* Experiment name.
+        name: *(unset: None)* Display name; ``None`` means ``"{lineage}-{experiment}"``.
+        dir: *(unset: None)* Run directory, replacing ``{workspace_root}/{lineage}/{id}``.
+        log_file: *(unset: None)* Log file, replacing ``{dir}/logs/{timestamp}.log``.
+        checkpoint_dir: *(unset: None)* Checkpoint folder, replacing ``{dir}/{checkpoint.dir_name}``.
+        train_splits: *(unset: None)* Splits to train on (a name or a list); ``None`` picks the
+            splits named ``train`` or whose dataset says it is for training.
+        evaluate_splits: *(unset: None)* Splits to evaluate (a name or a list); ``None`` picks
+            every split that is not a training split.
+        patience: *(unset: inf)* Evaluations without a better score before an epoch-mode run
+            stops early.
+        precision: *(unset: None)* Autocast dtype: ``"fp16"``/``"float16"``/``"half"`` or
+            ``"bf16"``/``"bfloat16"``; ``None`` runs in full precision.
+        max_grad_norm: *(unset: None)* Clip the total gradient norm to this before each step.
+        max_grad_value: *(unset: None)* Clip every gradient element to ``[-value, value]``.
+        skip_nonfinite_grad: *(unset: False)* Skip an optimizer step whose gradients hold
+            ``inf``/``nan`` (all ranks skip together) instead of applying it.
+        backend: *(unset: None)* ``torch.distributed`` backend (``"gloo"``, ``"nccl"``);
+            ``None`` reads ``$BACKEND``, then picks the device's default.
+        init_method: *(unset: None)* ``torch.distributed`` init method; ``None`` reads
+            ``$INIT_METHOD``, then uses the environment (``env://``).
+        activation_checkpoint: *(unset: None)* Recompute activations in backward: ``True`` or a
+            mode (``"full"``, ``"selective"``, ``"op"``), an integer ``n`` (every ``n``-th
+            block), or ``{"mode": ..., "every": ...}``; ``None``/``False`` turns it off.
+        graceful_sigint: *(unset: False)* Handle ``SIGINT`` (Ctrl-C) like ``SIGTERM``: every
+            rank stops at the same step boundary, writes a checkpoint and exits with status 0.
+        ema: *(unset: None)* Exponential moving average of the weights
+            (``danling.runners.ema.EmaConfig``: ``decay``, ``warmup_steps``, ``interval``,
+            ``device``, ``evaluate``); ``None`` runs without one.
+        checkpoint: Where, when and how checkpoints are written (``CheckpointConfig``).
+        compile: ``torch.compile`` settings (``CompileConfig``).
+        comm: Process-group timeouts (``CommConfig``).
+        gc: Paced garbage collection (``GcConfig``).
+        profiling: A bounded ``torch.profiler`` trace (``ProfilingConfig``).
+        heartbeat: Per-rank progress files for watchdogs (``HeartbeatConfig``).
+        wandb: Weights & Biases logging (``WandbConfig``).
+        ft: TorchFT replica groups (``FaultToleranceConfig``).
+        parallel: Parallel dimensions of the parallel runner (``ParallelConfig``).
+        optim: The optimizer (``OptimConfig``: ``type``, ``lr``, ...).
+        optimizer: Alias of ``optim``.
+        sched: The LR scheduler (``SchedConfig``: ``type``, ``interval``, ``monitor``, ...).
+        scheduler: Alias of ``sched``.
+        dataloader: Keyword arguments of the data loaders (``DataloaderConfig``).
+        fsdp: FSDP2 settings of the parallel runner (``FsdpConfig``).
+        deepspeed: DeepSpeed's own config for the DeepSpeed runner (``DeepSpeedConfig``).
 
     Examples:
         Attribute and item access reach the same values; missing levels are created:
@@ -230,6 +320,25 @@ class RunnerConfig(chanfig.Config):
     tensorboard: bool = False
     log_interval: int | None = None
 
+    lineage = Field("lin", str, doc="Top folder of the run under workspace_root.")
+    experiment = Field("exp", str, doc="Experiment name.")
+    name = Field(None, str, doc="Display name; None means '{lineage}-{experiment}'.")
+    dir = Field(None, str, doc="Run directory override.")
+    log_file = Field(None, str, doc="Log file override.")
+    checkpoint_dir = Field(None, str, doc="Checkpoint folder override.")
+    train_splits = Field(None, (list, tuple, str), doc="Splits to train on.")
+    evaluate_splits = Field(None, (list, tuple, str), doc="Splits to evaluate.")
+    patience = Field(math.inf, float, optional=True, doc="Evaluations without improvement before stopping.")
+    precision = Field(None, str, doc="Autocast dtype; None is full precision.")
+    max_grad_norm = Field(None, float, doc="Clip the total gradient norm to this.")
+    max_grad_value = Field(None, float, doc="Clip every gradient element to [-value, value].")
+    skip_nonfinite_grad = Field(False, bool, doc="Skip optimizer steps with non-finite gradients.")
+    backend = Field(None, str, doc="torch.distributed backend; None reads $BACKEND.")
+    init_method = Field(None, str, doc="torch.distributed init method; None reads $INIT_METHOD.")
+    activation_checkpoint = Field(None, (bool, int, str, Mapping), doc="Activation checkpointing policy.")
+    graceful_sigint = Field(False, bool, doc="Handle SIGINT like SIGTERM: checkpoint, then exit.")
+    ema = Field(None, coerce=_as_ema, doc="EMA of the weights; None runs without one.")
+
     compile: CompileConfig
     comm: CommConfig
     gc: GcConfig
@@ -238,9 +347,14 @@ class RunnerConfig(chanfig.Config):
     wandb: WandbConfig
     ft: FaultToleranceConfig
     checkpoint: CheckpointConfig
+    parallel: ParallelConfig
     dataloader: DataloaderConfig
     fsdp: FsdpConfig
-    parallel: ParallelConfig
+    optim: OptimConfig
+    optimizer: OptimConfig
+    sched: SchedConfig
+    scheduler: SchedConfig
+    deepspeed: DeepSpeedConfig
 
     def __post_init__(self, *args: Any, **kwargs: Any) -> None:
         super().__post_init__(*args, **kwargs)
@@ -266,6 +380,24 @@ class RunnerConfig(chanfig.Config):
         config.validate()
         return config
 
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        """
+        Apply command-line overrides (see ``chanfig.Config.parse``), then ``post()`` and ``validate()``.
+
+        chanfig warns about an option that is not in the config yet and resembles one that is;
+        a declared key that is simply unset (``--sched.interval``) is not such a typo, so its
+        warning is dropped.  Misspelt keys of sections fail in ``validate()``.
+        """
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                return super().parse(*args, **kwargs)
+        finally:
+            for warning in caught:
+                option = _UNRECOGNIZED.match(str(warning.message))
+                if option is None or not is_declared_path(type(self), option.group(1)):
+                    warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
     def post(self) -> None:
         """Hook run after ``parse()``; subclasses derive values here and call ``super().post()``."""
         super().post()
@@ -275,10 +407,11 @@ class RunnerConfig(chanfig.Config):
         """
         Check every value; raise ``ValueError``/``TypeError`` naming the key, the value and what is valid.
 
-        Runs when the config is built and after ``parse()``; call it again after editing a
-        config in code.
+        A key a section does not declare raises ``UnknownKeyError`` (a ``ValueError`` and a
+        ``KeyError``) naming the section and the closest valid key.  Runs when the config is
+        built and after ``parse()``; call it again after editing a config in code.
         """
-        super().validate()
+        super().validate()  # declared fields' and chanfig's annotation types, unknown keys in sections
         if self.get("steps") is not None and self.get("epochs") is not None:
             raise ValueError("`steps` and `epochs` are mutually exclusive; set only one training boundary")
         _check_int(self.get("steps"), "steps", minimum=0)
@@ -286,12 +419,17 @@ class RunnerConfig(chanfig.Config):
         _check_int(self.get("accum_steps", 1), "accum_steps", minimum=1, optional=False)
         _check_int(self.get("log_interval"), "log_interval", minimum=1)
         _check_stack(self.get("stack", "auto"))
-        for key, _ in _SECTIONS:
-            section = self.get(key)
-            if isinstance(section, chanfig.Config):
-                section.validate()
-        if self.get("precision") is not None:
-            _choice(self.get("precision"), PRECISIONS, "precision")
+        if isinstance(self.ema, chanfig.Config) and not isinstance(self.ema, Section):
+            check_known_keys(self.ema, "ema")  # the ``Section``s checked themselves above
+        for key, alias in _ALIASES:
+            if self.get(key) and self.get(alias):
+                raise ValueError(f"`{key}` and `{alias}` name the same settings; set only one of them")
+        if self.precision is not None:
+            _choice(self.precision, PRECISIONS, "precision")
+        _check_positive(self.max_grad_norm, "max_grad_norm")
+        _check_positive(self.max_grad_value, "max_grad_value")
+        if self.patience is not None and self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience!r}")
         for key in ("sched.interval", "scheduler.interval"):
             if key in self and self[key] is not None:  # ``in`` first: a dotted ``get`` would create ``sched``
                 _choice(self[key], SCHEDULER_INTERVALS, key)
@@ -302,8 +440,10 @@ class RunnerConfig(chanfig.Config):
 
         ``stack`` is normalised (``"torch"`` and ``"auto"`` become ``"ddp"``),
         ``checkpoint`` keeps only its lower-cased ``backend``, operational keys
-        (``NON_SEMANTIC_CONFIG_KEYS``) are dropped, and ``fsdp``/``parallel`` are dropped
-        unless ``stack`` is ``"parallel"``.
+        (``NON_SEMANTIC_CONFIG_KEYS``) are dropped, ``fsdp``/``parallel`` are dropped
+        unless ``stack`` is ``"parallel"``, and on-demand sections (``optim``, ``dataloader``,
+        ``fsdp``, ...) left at their defaults are dropped: reading ``config.optim`` creates an
+        empty section, which must not change the run's identity.
 
         Examples:
             >>> RunnerConfig(stack="Torch", log=False, checkpoint={"backend": "DCP"}).canonical().dict()
@@ -326,6 +466,9 @@ class RunnerConfig(chanfig.Config):
         if stack != "parallel":
             canonical.pop("fsdp", None)
             canonical.pop("parallel", None)
+        for key, section in _ON_DEMAND_SECTIONS:
+            if key in canonical and canonical[key] == _pristine(section):
+                del canonical[key]
         return canonical
 
     def __hash__(self) -> int:
@@ -415,14 +558,19 @@ __all__ = [
     "CommConfig",
     "CompileConfig",
     "DataloaderConfig",
+    "DeepSpeedConfig",
     "FaultToleranceConfig",
+    "Field",
     "FsdpConfig",
     "GcConfig",
     "HeartbeatConfig",
+    "OptimConfig",
     "ParallelAxesConfig",
     "ParallelConfig",
     "ProfilingConfig",
     "RunnerConfig",
+    "SchedConfig",
+    "UnknownKeyError",
     "WandbConfig",
     "check_semantic_match",
     "config_id",

@@ -1,4 +1,4 @@
-"""Typed sections of ``RunnerConfig``: one small ``chanfig.Config`` class per component.
+r"""Typed sections of ``RunnerConfig``: one small ``chanfig.Config`` class per component.
 
 Each section declares its keys with types and defaults, documents them, and checks its own
 values in ``validate()`` (chanfig calls it when the section is built; ``RunnerConfig.validate``
@@ -7,9 +7,12 @@ calls it again for sections edited later).  A mapping assigned to a section key 
 
     RunnerConfig({"checkpoint": {"backend": "dcp"}}).checkpoint.keep_latest_k == 0
 
-``DataloaderConfig`` and ``FsdpConfig`` declare types but no defaults: keys you do not set stay
-absent, so the runner's split-dependent defaults apply.  Read them with ``.get(key)``; reading a
-missing annotated key as an attribute makes chanfig create it.
+Sections are closed (``danling.runners.config_fields.Section``): a key a section does not
+declare raises ``UnknownKeyError`` naming the closest valid key.  ``OptimConfig``,
+``SchedConfig`` and ``DeepSpeedConfig`` are open: their free-form keys go to the optimizer, the
+scheduler and DeepSpeed.  ``DataloaderConfig``, ``OptimConfig`` and ``SchedConfig`` declare
+``Field``\ s: unset, they read as ``None`` and stay out of the config, so the runner's own
+defaults apply.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import chanfig
+from .config_fields import Field, OpenSection, Section
 
 #: ``checkpoint.backend`` values.  ``auto`` lets the runner pick ``dcp`` for distributed runs
 #: and ``file`` otherwise.
@@ -49,6 +52,13 @@ EXPORT_DTYPES = {
 }
 #: ``ft.process_group`` values.
 FT_PROCESS_GROUPS = ("gloo", "nccl")
+
+
+def _check_backend_name(value: Any) -> str:
+    """``checkpoint.backend`` lower-cased: ``auto`` or a registered storage format (backends register theirs)."""
+    from .checkpoints.registry import registered_checkpoint_backends  # no torch import: names only
+
+    return _choice(value, ("auto", *registered_checkpoint_backends()), "checkpoint.backend")
 
 
 def _choice(value: Any, valid: tuple[str, ...] | Mapping[str, str], key: str) -> str:
@@ -94,7 +104,7 @@ def resolve_async_mode(async_mode: Any, async_enabled: Any = True) -> str:
     return _choice(_ASYNC_MODE_ALIASES.get(name, name), ASYNC_MODES, "checkpoint.async_mode")
 
 
-class CheckpointConfig(chanfig.Config):
+class CheckpointConfig(Section):
     r"""
     Where, when and how checkpoints are written (``config.checkpoint``).
 
@@ -138,6 +148,8 @@ class CheckpointConfig(chanfig.Config):
             durability; each save then waits for the disk (1.6x to 2x the time on ext4 here).
     """
 
+    _path_ = "checkpoint"
+
     dir_name: str = "checkpoints"
     backend: str = "auto"
     wait_timeout: float | None = None
@@ -159,7 +171,7 @@ class CheckpointConfig(chanfig.Config):
 
     def validate(self) -> None:
         super().validate()
-        _choice(self.get("backend", "auto"), CHECKPOINT_BACKENDS, "checkpoint.backend")
+        _check_backend_name(self.get("backend", "auto"))
         resolve_async_mode(self.get("async_mode"), self.get("async_enabled", True))
         _check_int(self.get("keep_latest_k", 0), "checkpoint.keep_latest_k", minimum=0, optional=False)
         _check_int(self.get("interval"), "checkpoint.interval")
@@ -168,8 +180,8 @@ class CheckpointConfig(chanfig.Config):
             _choice(self.get("export_dtype"), EXPORT_DTYPES, "checkpoint.export_dtype")
 
     def resolved_backend(self) -> str:
-        """``backend`` lower-cased: ``auto``, ``file`` or ``dcp``."""
-        return _choice(self.backend, CHECKPOINT_BACKENDS, "checkpoint.backend")
+        """``backend`` lower-cased (``auto``, ``file``, ``dcp`` or a backend's own format, e.g. ``deepspeed``)."""
+        return _check_backend_name(self.backend)
 
     def resolved_async_mode(self) -> str:
         """The effective async mode: ``async``, ``async_with_pinned_mem`` or ``disabled``."""
@@ -182,17 +194,18 @@ class CheckpointConfig(chanfig.Config):
         return _choice(self.export_dtype, EXPORT_DTYPES, "checkpoint.export_dtype")
 
 
-class DataloaderConfig(chanfig.Config):
+class DataloaderConfig(Section):
     r"""
     Keyword arguments for the runner's ``StatefulDataLoader``\ s (``config.dataloader``).
 
-    Nothing has a default: a key you leave out stays out, and the runner applies its own
-    per-split default (training splits shuffle and drop the last partial batch, others do not).
-    A nested mapping under a split name overrides keys for that split only, e.g.
-    ``config.dataloader.train = {"shuffle": False}``.
+    Nothing is stored by default: a key you leave out stays out (reading it gives ``None``), and
+    the runner applies its own per-split default (training splits shuffle and drop the last
+    partial batch, others do neither).  A mapping under any other key overrides keys for the
+    split of that name only, e.g. ``config.dataloader.train = {"shuffle": False}``; its keys are
+    checked like these.  A misspelt key with a plain value is an error.
 
     Attributes:
-        batch_size: Samples per batch on each process.
+        batch_size: Samples per batch on each process; ``None`` set explicitly turns batching off.
         shuffle: Shuffle every epoch (default: training splits only).
         drop_last: Drop the last partial batch (default: training splits only).
         num_workers: Worker processes loading data.
@@ -206,25 +219,115 @@ class DataloaderConfig(chanfig.Config):
         worker_init_fn: Called in each worker at start.
         multiprocessing_context: Start method of the workers.
         generator: Random generator of the sampler.
+
+    Examples:
+        >>> config = DataloaderConfig(batch_size=8, val={"batch_size": 32})
+        >>> config.batch_size, config.shuffle, config.dict()
+        (8, None, {'batch_size': 8, 'val': {'batch_size': 32}})
+        >>> DataloaderConfig(batchsize=8)
+        Traceback (most recent call last):
+        danling.runners.config_fields.UnknownKeyError: unknown key 'batchsize' in dataloader; did you mean 'batch_size'?
     """
 
-    batch_size: int | None
-    shuffle: bool | None
-    drop_last: bool | None
-    num_workers: int
-    persistent_workers: bool
-    prefetch_factor: int | None
-    pin_memory: bool
-    pin_memory_device: str
-    in_order: bool
-    snapshot_every_n_steps: int | None
-    timeout: float
-    worker_init_fn: Callable | None
-    multiprocessing_context: Any
-    generator: Any
+    _path_ = "dataloader"
+    _split_overrides_ = True
+
+    batch_size = Field(None, int, doc="Samples per batch on each process.")
+    shuffle = Field(None, bool, doc="Shuffle every epoch.")
+    drop_last = Field(None, bool, doc="Drop the last partial batch.")
+    num_workers = Field(None, int, doc="Worker processes loading data.")
+    persistent_workers = Field(None, bool, doc="Keep workers alive between epochs.")
+    prefetch_factor = Field(None, int, doc="Batches each worker loads ahead.")
+    pin_memory = Field(None, bool, doc="Copy batches into page-locked memory.")
+    pin_memory_device = Field(None, str, doc="Device the pinned memory is for.")
+    in_order = Field(None, bool, doc="Yield batches in sampler order.")
+    snapshot_every_n_steps = Field(None, int, doc="How often worker state is snapshotted.")
+    timeout = Field(None, float, doc="Seconds to wait for a batch from a worker.")
+    worker_init_fn = Field(None, Callable, doc="Called in each worker at start.")
+    multiprocessing_context = Field(None, doc="Start method of the workers.")
+    generator = Field(None, doc="Random generator of the sampler.")
 
 
-class CompileConfig(chanfig.Config):
+class OptimConfig(OpenSection):
+    r"""
+    The optimizer the runner builds (``config.optim``, or ``config.optimizer``).
+
+    An open section: every key but ``type`` and ``param_groups`` is passed to the optimizer's
+    constructor (``momentum``, ``eps``, ...), which rejects the ones it does not take.  Set
+    ``optim`` or ``optimizer``, not both.
+
+    Attributes:
+        type: Optimizer name (``"sgd"``, ``"adamw"``, ...; see ``danling.runners.optim.OPTIMIZERS``).
+        lr: Learning rate.
+        weight_decay: Weight decay.
+        betas: Adam-style ``(beta1, beta2)``.
+        param_groups: Parameter groups, each a mapping with a ``pattern`` (``re.search`` against
+            parameter names) and its own options (``lr``, ``weight_decay``, ...) or multipliers
+            of the optimizer-level values (``lr_multiplier``, ``weight_decay_multiplier``,
+            ``beta1``, ``beta2``).
+
+    Examples:
+        >>> config = OptimConfig(type="sgd", lr=0.1, momentum=0.9)
+        >>> config.type, config.lr, config.weight_decay, config.momentum
+        ('sgd', 0.1, None, 0.9)
+    """
+
+    _path_ = "optim"
+
+    type = Field(None, str, doc="Optimizer name.")
+    lr = Field(None, float, doc="Learning rate.")
+    weight_decay = Field(None, float, doc="Weight decay.")
+    betas = Field(None, (list, tuple), doc="Adam-style (beta1, beta2).")
+    param_groups = Field(None, (list, tuple), doc="Pattern-matched parameter groups.")
+
+
+class SchedConfig(OpenSection):
+    r"""
+    The learning-rate scheduler the runner builds (``config.sched``, or ``config.scheduler``).
+
+    An open section: every key but ``type``, ``interval`` and ``monitor`` is passed to the
+    scheduler's constructor.  Set ``sched`` or ``scheduler``, not both.
+
+    Attributes:
+        type: Scheduler name (see ``danling.optim.SCHEDULERS``).
+        interval: When it steps: ``"step"`` (after each optimizer step; the default for
+            schedulers without a metric), ``"epoch"`` or ``"validation"`` (after each evaluated
+            round; the default for metric schedulers such as ``ReduceLROnPlateau``).
+        monitor: Metric a metric scheduler steps on, a dotted path such as ``"val.loss"``;
+            unset, the runner uses ``score_split``/``score_name``.
+        total_steps: Length of the schedule in optimizer steps; unset, the run's ``steps``.
+
+    Examples:
+        >>> config = SchedConfig(type="cosine", warmup_steps=10)
+        >>> config.type, config.interval, config.warmup_steps
+        ('cosine', None, 10)
+    """
+
+    _path_ = "sched"
+
+    type = Field(None, str, doc="Scheduler name.")
+    interval = Field(None, str, doc="When the scheduler steps.")
+    monitor = Field(None, str, doc="Metric a metric scheduler steps on.")
+    total_steps = Field(None, int, doc="Length of the schedule in optimizer steps.")
+
+
+class DeepSpeedConfig(OpenSection):
+    r"""
+    A DeepSpeed config (``config.deepspeed``), passed to ``deepspeed.initialize`` by the DeepSpeed runner.
+
+    Free-form: it holds DeepSpeed's own keys (``zero_optimization``, ``gradient_clipping``,
+    ...), which DeepSpeed validates.  The runner fills what it derives (batch sizes from the
+    dataloader and ``accum_steps``, ``fp16``/``bf16`` from ``precision``); keys set here win.
+
+    Examples:
+        >>> DeepSpeedConfig({"zero_optimization": {"stage": 2}}).zero_optimization.stage
+        2
+    """
+
+    _path_ = "deepspeed"
+
+
+class CompileConfig(Section):
     r"""
     ``torch.compile`` settings (``config.compile``); part of the run's semantic identity.
 
@@ -241,6 +344,8 @@ class CompileConfig(chanfig.Config):
         memory_policy: Memory policy label for experimental graph runners (``None`` or ``"default"``).
     """
 
+    _path_ = "compile"
+
     enable: bool = False
     backend: str | None = None
     fullgraph: bool | None = None
@@ -252,7 +357,7 @@ class CompileConfig(chanfig.Config):
     memory_policy: str | None = None
 
 
-class CommConfig(chanfig.Config):
+class CommConfig(Section):
     r"""
     Process-group timeouts (``config.comm``).
 
@@ -263,6 +368,8 @@ class CommConfig(chanfig.Config):
             so a hung rank is noticed sooner during training.
     """
 
+    _path_ = "comm"
+
     init_timeout_seconds: int | None = None
     train_timeout_seconds: int | None = None
 
@@ -272,7 +379,7 @@ class CommConfig(chanfig.Config):
         _check_int(self.get("train_timeout_seconds"), "comm.train_timeout_seconds", minimum=1)
 
 
-class GcConfig(chanfig.Config):
+class GcConfig(Section):
     r"""
     Paced Python garbage collection (``config.gc``).
 
@@ -282,6 +389,8 @@ class GcConfig(chanfig.Config):
         disable_automatic: Turn Python's automatic collection off while pacing is on, so
             collections happen only between steps.
     """
+
+    _path_ = "gc"
 
     interval: int | None = None
     generation: int = 1
@@ -295,7 +404,7 @@ class GcConfig(chanfig.Config):
             raise ValueError(f"gc.generation must be one of 0, 1, or 2, got {generation!r}")
 
 
-class ProfilingConfig(chanfig.Config):
+class ProfilingConfig(Section):
     r"""
     A bounded ``torch.profiler`` trace (``config.profiling``).
 
@@ -312,6 +421,8 @@ class ProfilingConfig(chanfig.Config):
         trace_dir: Output folder, relative to the run directory unless absolute.
     """
 
+    _path_ = "profiling"
+
     enabled: bool = False
     wait: int = 1
     warmup: int = 1
@@ -324,7 +435,7 @@ class ProfilingConfig(chanfig.Config):
     trace_dir: str = "profiles"
 
 
-class HeartbeatConfig(chanfig.Config):
+class HeartbeatConfig(Section):
     r"""
     A per-rank JSON progress file that watchdogs can poll (``config.heartbeat``).
 
@@ -333,6 +444,8 @@ class HeartbeatConfig(chanfig.Config):
         interval_seconds: Seconds between writes.
         dir_name: Folder under the run directory for the files.
     """
+
+    _path_ = "heartbeat"
 
     enabled: bool = False
     interval_seconds: float = 60.0
@@ -343,7 +456,7 @@ class HeartbeatConfig(chanfig.Config):
         _check_positive(self.get("interval_seconds", 60.0), "heartbeat.interval_seconds", optional=False)
 
 
-class WandbConfig(chanfig.Config):
+class WandbConfig(Section):
     r"""
     Weights & Biases scalar logging (``config.wandb``).  Every field but ``enabled`` is optional.
 
@@ -359,6 +472,8 @@ class WandbConfig(chanfig.Config):
         mode: ``"online"``, ``"offline"`` or ``"disabled"``.
     """
 
+    _path_ = "wandb"
+
     enabled: bool = False
     project: str | None = None
     entity: str | None = None
@@ -370,7 +485,7 @@ class WandbConfig(chanfig.Config):
     mode: str | None = None
 
 
-class FaultToleranceConfig(chanfig.Config):
+class FaultToleranceConfig(Section):
     r"""
     TorchFT replica groups (``config.ft``).
 
@@ -382,6 +497,8 @@ class FaultToleranceConfig(chanfig.Config):
         group_size: Number of replica groups.
         min_replica_size: Fewest healthy replica groups a step needs.
     """
+
+    _path_ = "ft"
 
     enabled: bool = False
     process_group: str = "gloo"
@@ -401,7 +518,7 @@ class FaultToleranceConfig(chanfig.Config):
             raise ValueError(f"ft.replica_id must be in [0, {group_size - 1}], got {replica_id!r}")
 
 
-class FsdpConfig(chanfig.Config):
+class FsdpConfig(Section):
     r"""
     FSDP2 wrapping for the parallel runner (``config.fsdp``); absent unless you set it.
 
@@ -415,6 +532,8 @@ class FsdpConfig(chanfig.Config):
         ignored_params: Parameters FSDP leaves alone.
     """
 
+    _path_ = "fsdp"
+
     enabled: bool = False
     reshard_after_forward: bool | int | None = None
     mp_policy: Any = None
@@ -424,7 +543,7 @@ class FsdpConfig(chanfig.Config):
     ignored_params: Any = None
 
 
-class ParallelAxesConfig(chanfig.Config):
+class ParallelAxesConfig(Section):
     r"""
     Degrees of each parallel dimension (``config.parallel.axes``); their product is the world size.
 
@@ -440,6 +559,8 @@ class ParallelAxesConfig(chanfig.Config):
         expert_tensor: Tensor parallelism inside experts.
     """
 
+    _path_ = "parallel.axes"
+
     replicate: int = 1
     shard: int = 1
     context: int = 1
@@ -449,7 +570,7 @@ class ParallelAxesConfig(chanfig.Config):
     expert_tensor: int = 1
 
 
-class ParallelConfig(chanfig.Config):
+class ParallelConfig(Section):
     r"""
     Multi-dimensional parallelism for the parallel runner (``config.parallel``).
 
@@ -465,6 +586,8 @@ class ParallelConfig(chanfig.Config):
         allow_degree_change: Allow resuming with different non-FSDP degrees.
         axes: Degree of each parallel dimension.
     """
+
+    _path_ = "parallel"
 
     pipeline_schedule: str = "1F1B"
     pipeline_microbatch_size: int = 1
