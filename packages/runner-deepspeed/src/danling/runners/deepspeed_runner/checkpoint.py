@@ -42,7 +42,7 @@ from danling.runners.checkpoints import (
 )
 from danling.runners.config import RunnerConfig
 from danling.runners.config_sections import CheckpointConfig
-from danling.runners.distributed import broadcast_object, is_initialized
+from danling.runners.distributed import broadcast_object, get_rank, is_initialized
 from danling.utils.atomic import atomic_write, remove_stale_temporaries
 
 from .engine import gather_model_state
@@ -57,10 +57,6 @@ ENGINE_STATE = "<restored in place by the DeepSpeed engine>"
 #: Components DeepSpeed stores itself; they never go into the client state.
 ENGINE_COMPONENTS = ("model", "optimizer")
 HISTORY_TAG = re.compile(r"^ckpt-[es]\d+(\.\d+)?$")
-
-
-def _rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
 
 
 def _barrier() -> None:
@@ -158,7 +154,7 @@ class DeepSpeedCheckpointManager(CheckpointManager):
         settings.async_mode = "disabled"
         super().__init__(os.fsdecode(directory), settings, interval=interval, unit=unit, tag=tag)
         self.engine = engine
-        if _rank() == 0:
+        if get_rank() == 0:
             os.makedirs(self.directory, exist_ok=True)
             remove_stale_temporaries(self.directory)
             self._remove_incomplete()
@@ -203,7 +199,7 @@ class DeepSpeedCheckpointManager(CheckpointManager):
         """A tag no directory has yet, the same on every rank (rank 0 decides)."""
         base = request.history or f"{request.name}-{self.progress_tag(request.progress)}"
         tag, serial = base, 0
-        if _rank() == 0:
+        if get_rank() == 0:
             while os.path.exists(self.path(tag)):
                 serial += 1
                 tag = f"{base}.{serial}"
@@ -246,7 +242,7 @@ class DeepSpeedCheckpointManager(CheckpointManager):
         self.engine.save_checkpoint(self.directory, tag=tag, client_state=client_state, save_latest=False)
         _barrier()  # every rank's shards are on disk before anything names them
         aliases: list[str] = []
-        if _rank() == 0:
+        if get_rank() == 0:
             with atomic_write(os.path.join(self.path(tag), RUNNER_FILE), fsync=self.config.fsync) as file:
                 torch.save(client_state.get("runner") or {}, file)
             superseded = [self._point(request.name, tag)]
@@ -272,7 +268,7 @@ class DeepSpeedCheckpointManager(CheckpointManager):
         ``model_state`` is ``gather_model_state(engine)`` (``None`` on other ranks, which write nothing).
         """
         path = self.path(name)
-        if model_state is not None and _rank() == 0:
+        if model_state is not None and get_rank() == 0:
             save_model_state(model_state, path, dtype=self.config.resolved_export_dtype(), fsync=self.config.fsync)
         return path
 

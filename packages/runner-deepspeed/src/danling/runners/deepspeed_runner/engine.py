@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from danling.runners.distributed import is_initialized
+from danling.runners.distributed import get_rank, is_initialized
 
 __all__ = [
     "build_engine",
@@ -36,18 +37,30 @@ def init_deepspeed_distributed(device: torch.device | None = None, backend: str 
 
     A group started by the launcher (``torchrun``, or the runner from ``WORLD_SIZE``) is reused.
     A single process without one gets a one-rank group on an in-memory store (DeepSpeed needs a
-    group even alone; no port is opened).  Returns ``True`` when this call started the group, so
+    group even alone; no port is opened); the groups DeepSpeed cached from an earlier group, torn
+    down since (an earlier runner in this process), are forgotten first.  Returns ``True`` when this call started the group, so
     the caller owns it and destroys it when done.
     """
     import deepspeed
 
     started = False
     if not is_initialized():
+        _forget_stale_groups()
         backend = backend or ("nccl" if device is not None and device.type == "cuda" else "gloo")
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        os.environ.setdefault("LOCAL_RANK", "0")  # deepspeed.initialize insists on it, launcher or not
         started = True
     deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False, verbose=False)
     return started
+
+
+def _forget_stale_groups() -> None:
+    """Drop DeepSpeed's cached process groups of a world destroyed meanwhile (they cannot be used again)."""
+    import deepspeed.utils.groups as groups
+
+    release = getattr(groups, "_release_process_group_references", None)
+    if callable(release):
+        release(None)
 
 
 def build_engine(model: nn.Module, optimizer: Any, config: Mapping[str, Any]) -> Any:
@@ -98,7 +111,7 @@ def gather_model_state(engine: Any) -> dict[str, torch.Tensor] | None:
     if zero_stage(engine) == 3:
         state = engine._zero3_consolidated_16bit_state_dict()
         return dict(state) if state is not None else None
-    if dist.get_rank() != 0:
+    if get_rank() != 0:
         return None
     return {name: tensor.detach().cpu().clone() for name, tensor in engine.module.state_dict().items()}
 

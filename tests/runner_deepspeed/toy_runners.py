@@ -1,0 +1,76 @@
+"""Runners and data shared by the DeepSpeed tests: a small classifier whose batches weigh differently."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from danling.runners import Runner
+
+
+def classification_data(samples: int, *, seed: int = 0, ignored: bool = True) -> TensorDataset:
+    """Random 4-feature, 3-class data; with ``ignored``, about a quarter of the labels are ``-100``.
+
+    Ignored labels make every batch's loss normaliser (its count of valid labels) different, so
+    accumulation and cross-rank weighting are exercised, not just averaging of equal batches.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(samples, 4, generator=generator)
+    labels = torch.randint(0, 3, (samples,), generator=generator)
+    if ignored:
+        labels[torch.rand(samples, generator=generator) < 0.25] = -100
+    return TensorDataset(inputs, labels)
+
+
+def config(root: Any, **overrides: Any) -> dict[str, Any]:
+    """A DeepSpeed run of a few epochs writing under ``root``; ``overrides`` replace top-level keys."""
+    values: dict[str, Any] = {
+        "stack": "deepspeed",
+        "epochs": 3,
+        "seed": 0,
+        "log": False,
+        "workspace_root": os.fspath(root),
+        "optim": {"type": "adamw", "lr": 0.05},
+        "dataloader": {"batch_size": 4, "shuffle": False},
+        "checkpoint": {"last_save_model_only": True},
+        "deepspeed": {"zero_optimization": {"stage": 2}},
+    }
+    values.update(overrides)
+    return values
+
+
+class Classify(Runner):
+    """A two-layer classifier; the stack (DeepSpeed or plain torch) comes from ``config.stack``."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.datasets.train = classification_data(64)
+        self.datasets.val = classification_data(32, seed=1, ignored=False)
+        self.model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.criterion = nn.CrossEntropyLoss()
+
+
+class StopsInThirdEpoch(Classify):
+    """Interrupted after two epochs (and their checkpoints): evaluation in the third raises."""
+
+    def evaluate_epoch(self, split: str = "val"):
+        if self.train_state.epoch == 2:
+            raise KeyboardInterrupt
+        return super().evaluate_epoch(split)
+
+
+def module_state(runner: Any) -> dict[str, torch.Tensor]:
+    """The whole module's weights as fp32 CPU tensors; under ZeRO-3 every rank must call it (it gathers)."""
+    from danling.runners.deepspeed_runner.engine import is_engine, zero_stage
+
+    module = runner.unwrap(runner.model)
+    if is_engine(runner.model) and zero_stage(runner.model) == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            return {name: tensor.detach().float().clone() for name, tensor in module.state_dict().items()}
+    return {name: tensor.detach().float().clone() for name, tensor in module.state_dict().items()}
