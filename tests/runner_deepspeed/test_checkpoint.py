@@ -55,7 +55,7 @@ def test_each_save_gets_its_own_tag_and_pointers_name_it(tmp_path):
     assert checkpoints.save(payload(3), progress=3, force=True)  # off it: a tag of its own
     assert checkpoints.engine.saved == ["ckpt-e000002", "latest-e000003"]
     assert checkpoints.pointers() == {"latest": "latest-e000003", "best": "ckpt-e000002"}
-    assert open(tmp_path / "checkpoints" / "latest.pointer").read() == "latest-e000003"  # the tag, no newline
+    assert (tmp_path / "checkpoints" / "latest.pointer").read_text() == "latest-e000003"  # the tag, no newline
     saved = torch.load(tmp_path / "checkpoints" / "latest-e000003" / "mp_rank_00_model_states.pt")
     assert "model" not in saved and saved["state"] == {"step": 3}  # the engine stores the model itself
     assert checkpoints.health.last_successful_aliases == ("latest.pointer",)
@@ -124,11 +124,11 @@ def test_missing_and_dangling_checkpoints_fail_loudly(tmp_path):
     assert not checkpoints.exists("latest")
     checkpoints.save(payload(2), progress=2)
     (tmp_path / "checkpoints" / "ckpt-e000002" / "mp_rank_00_model_states.pt").unlink()
-    with pytest.raises(CheckpointNotFoundError, match="names .*ckpt-e000002.*which holds no DeepSpeed checkpoint"):
+    with pytest.raises(CheckpointNotFoundError, match=r"names .*ckpt-e000002.*which holds no DeepSpeed checkpoint"):
         checkpoints.load("latest")
     assert checkpoints.exists("latest")  # a dangling pointer counts: auto_resume must fail, not restart
     (tmp_path / "checkpoints" / "bad.pointer").write_text("../elsewhere")
-    with pytest.raises(ValueError, match="expected a tag name, got '../elsewhere'"):
+    with pytest.raises(ValueError, match=r"expected a tag name, got '\.\./elsewhere'"):
         resolve_tag_directory("bad", checkpoints.directory)
 
 
