@@ -146,5 +146,7 @@ def test_bad_settings_name_the_value(tmp_path):
         RunnerSupervisor(tmp_path, gc={"interval": 0})
     with pytest.raises(ValueError, match=r"heartbeat\.interval_seconds must be a positive number, got 0"):
         RunnerSupervisor(tmp_path, heartbeat={"enabled": True, "interval_seconds": 0})
+    with pytest.raises(ValueError, match=r"agreement interval must be an integer >= 1 or None \(adaptive\), got 0"):
+        RunnerSupervisor(tmp_path, agreement_interval=0)
     with pytest.raises(TypeError, match="gc must be a GcConfig or a mapping, got int"):
         RunnerSupervisor(tmp_path, gc=4)

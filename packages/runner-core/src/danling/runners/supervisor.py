@@ -11,8 +11,8 @@ not a runner, so each duty works and is tested on its own.  The loop drives it a
 - at the end: ``close()``.
 
 A termination signal only sets a flag.  The step in flight finishes; at a step boundary the
-ranks agree (an ``all_reduce`` of a CPU flag over gloo, overlapped with the following step by
-default), save, and leave the loop together, all after the same step.
+ranks agree (``StopAgreement``: a small ``all_reduce`` over gloo a few times a second), save,
+and leave the loop together, all after the same step.
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ from collections.abc import Callable, Iterable, Mapping
 from types import FrameType
 from typing import Any
 
-import torch
-from torch import distributed as dist
-
 from .config_sections import GcConfig, HeartbeatConfig
 from .heartbeat import HeartbeatWriter, heartbeat_path
+from .stop_agreement import StopAgreement
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +76,10 @@ class RunnerSupervisor:
         process_group: Group the ranks agree over; ``None`` uses the default group when it can
             reduce CPU tensors (gloo), otherwise a gloo group made by ``init_signal_handlers``.
         fields: Constant heartbeat entries (``id``, ``name``, ...).
-        overlap_agreement: Let the ranks' stop agreement run during the next step instead of
-            waiting for it (see ``should_stop``).
+        overlap_agreement: Read each stop agreement one step later, so its collective runs
+            while the next step computes (see ``StopAgreement``).
+        agreement_interval: Agree every this many optimizer steps; ``None`` adapts the interval
+            to about one agreement per 0.2 s, so the collective never shows in the step time.
 
     Examples:
         >>> import gc, tempfile
@@ -107,6 +107,7 @@ class RunnerSupervisor:
         process_group: Any = None,
         fields: Mapping[str, Any] | None = None,
         overlap_agreement: bool = True,
+        agreement_interval: int | None = None,
     ) -> None:
         self.workspace_dir = os.fsdecode(workspace_dir)
         self.heartbeat = _section(heartbeat, HeartbeatConfig, "heartbeat")
@@ -115,16 +116,11 @@ class RunnerSupervisor:
         self.local_rank = rank if local_rank is None else local_rank
         self.signals = tuple(dict.fromkeys(_signal_number(value) for value in signals))
         self.fields = dict(fields or {})
-        self._group = process_group
-        self._group_ready = False
-        self._flag = torch.zeros(1, dtype=torch.int32)
-        self.overlap_agreement = overlap_agreement
-        self._pending: Any = None
+        self.agreement = StopAgreement(process_group, interval=agreement_interval, overlap=overlap_agreement)
         # signals
         self.received_signal: signal.Signals | None = None
         self.signal_count = 0
         self._signal_counts: dict[signal.Signals, int] = {}
-        self.stop_agreed = False
         self._previous_handlers: dict[signal.Signals, Any] = {}
         self._handlers_restored = False
         # heartbeat
@@ -146,7 +142,7 @@ class RunnerSupervisor:
         gloo group, which is a collective: call it on every rank at the same point of setup.
         Returns whether handlers were installed by this call.
         """
-        self._init_agreement_group()
+        self.agreement.init_group()
         if self._previous_handlers or threading.current_thread() is not threading.main_thread():
             return False
         for signum in self.signals:
@@ -176,34 +172,16 @@ class RunnerSupervisor:
         r"""
         Whether to stop now: some rank received a termination signal.  Every rank gets the same answer.
 
-        Call it on every rank at the same points (after each applied optimizer step).  Without a
-        process group it reads the local flag.  With one, the ranks agree by an ``all_reduce``
-        (MAX) of a one-element CPU tensor: with ``overlap_agreement`` (the default) each call
-        reads the reduction started by the previous call and starts the next one, so the
-        collective runs during the next step and the ranks stop one step after the signal's;
-        without it, each call waits for its own reduction.  Once ``True``, it stays ``True``.
+        Call it on every rank at the same points (after each applied optimizer step): the ranks
+        agree through ``self.agreement`` (a ``StopAgreement``), so they stop together a few steps
+        after the signal at most.  Without a process group it reads the local flag.
         """
-        if self.stop_agreed:
-            return True
-        local = self.received_signal is not None
-        group = self._init_agreement_group()
-        if group is False:
-            self.stop_agreed = local
-            return local
-        if not self.overlap_agreement:
-            self._flag.fill_(int(local))
-            dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=group)
-            self.stop_agreed = bool(self._flag.item())
-            return self.stop_agreed
-        if self._pending is not None:
-            self._pending.wait()
-            self._pending = None
-            if self._flag.item():
-                self.stop_agreed = True
-                return True
-        self._flag.fill_(int(local))
-        self._pending = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=group, async_op=True)
-        return False
+        return self.agreement(self.received_signal is not None)
+
+    @property
+    def stop_agreed(self) -> bool:
+        """Whether the ranks agreed to stop."""
+        return self.agreement.agreed
 
     def maybe_handle_termination_signal(self, save: Callable[[], Any] | None = None) -> bool:
         r"""
@@ -232,17 +210,6 @@ class RunnerSupervisor:
             # else another handler was installed on top of ours; it chains to ours, which from now
             # on forwards to the previous one (see ``_resolve_handler``)
         self._handlers_restored = True
-
-    def _init_agreement_group(self) -> Any:
-        """The group to agree over: ``False`` when not distributed, ``None`` for the default group."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
-            return False
-        if not self._group_ready:
-            backend = str(dist.get_backend()).lower()
-            if self._group is None and "gloo" not in backend and backend != "mpi":  # NCCL alone: no CPU tensors
-                self._group = dist.new_group(backend="gloo")
-            self._group_ready = True
-        return self._group
 
     # ---------------------------------------------------------------- heartbeat
 
@@ -323,9 +290,7 @@ class RunnerSupervisor:
         if self.closed:
             return
         self.closed = True
-        if self._pending is not None:  # every rank started it: finish it before the group goes away
-            self._pending.wait()
-            self._pending = None
+        self.agreement.close()
         if self._heartbeat is not None:
             self._heartbeat.close()
         self.restore_signal_handlers()
