@@ -78,34 +78,34 @@ def test_values_for_every_method_scaling_and_envelope(method, scaling, warmup, c
     assert applied_rates(scheduler, total + 1) == [pytest.approx(row, rel=1e-12, abs=0) for row in expected]
 
 
+# What the documented defaults resolve to: method "cosine", scaling "percentile" ("numerical" once a
+# final_lr is given), final_lr = final_lr_ratio (1e-3) * base rate, min_lr 1e-9 (lowered to final_lr when
+# larger), warmup_steps total // 20 and cooldown_steps total // 5.  The base rate is 1.
+DEFAULTS = {"method": "cosine", "scaling": "percentile", "final": 1e-3, "min_lr": 1e-9}
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "steps", "rates"),
+    ("kwargs", "steps", "resolved"),
     [
-        (  # the defaults: cosine, percentile, ratio 1e-3, no warmup and a cooldown of 2 at 10 steps
+        (  # the defaults: no warmup (10 // 20) and a cooldown of 2 (10 // 5)
             {"total_steps": 10},
             11,
-            [
-                *(0.8444710669, 0.5170416056, 0.2408118635, 0.0919444441, 0.0316227766),
-                *(0.010876133, 0.0041526193, 0.0019340803, 0.0005920871, 1e-09, 1e-09),
-            ],
+            {"total": 10, "warmup": 0, "cooldown": 2},
         ),
         (  # a final_lr makes the scaling numerical
             {"total_steps": 10, "final_lr": 0.1, "method": "linear"},
             10,
-            [0.91, 0.82, 0.73, 0.64, 0.55, 0.46, 0.37, 0.28, 0.0950000005, 1e-09],
+            {"total": 10, "warmup": 0, "cooldown": 2, "method": "linear", "scaling": "numerical", "final": 0.1},
         ),
         (
             {"total_steps": 10, "final_lr": 0.1, "method": "linear", "scaling": "percentile"},
             10,
-            [
-                *(0.7943282347, 0.6309573445, 0.5011872336, 0.3981071706, 0.316227766),
-                *(0.2511886432, 0.1995262315, 0.1584893192, 0.0629462711, 1e-09),
-            ],
+            {"total": 10, "warmup": 0, "cooldown": 2, "method": "linear", "final": 0.1},
         ),
         (  # warmup ramps from min_lr, strictly below warmup_steps
             {"total_steps": 8, "warmup_steps": 4, "cooldown_steps": 0, "method": "constant"},
             8,
-            [0.2500000008, 0.5000000005, 0.7500000003, 1.0, 1.0, 1.0, 1.0, 1.0],
+            {"total": 8, "warmup": 4, "cooldown": 0, "method": "constant"},
         ),
         (  # min_lr above an explicit final_lr is lowered to it
             {
@@ -117,18 +117,41 @@ def test_values_for_every_method_scaling_and_envelope(method, scaling, warmup, c
                 "min_lr": 0.6,
             },
             5,
-            [0.9, 0.8, 0.7, 0.6, 0.5],
+            {
+                "total": 5,
+                "warmup": 0,
+                "cooldown": 0,
+                "method": "linear",
+                "scaling": "numerical",
+                "final": 0.5,
+                "min_lr": 0.5,
+            },
         ),
         (  # a zero target is clamped to min_lr everywhere
             {"total_steps": 4, "warmup_steps": 0, "cooldown_steps": 0, "method": "linear", "final_lr_ratio": 0.0},
             4,
-            [1e-09] * 4,
+            {"total": 4, "warmup": 0, "cooldown": 0, "method": "linear", "final": 0.0},
         ),
     ],
 )
-def test_reference_vectors(kwargs, steps, rates):
-    scheduler = LRScheduler(make_optimizer(1.0), **kwargs)
-    assert [round(lr, 10) for (lr,) in applied_rates(scheduler, steps)] == rates
+def test_reference_vectors(kwargs, steps, resolved):
+    settings = DEFAULTS | resolved
+    expected = [expected_lr(step, 1.0, **settings) for step in range(1, steps + 1)]
+    assert [lr for (lr,) in applied_rates(LRScheduler(make_optimizer(1.0), **kwargs), steps)] == pytest.approx(
+        expected, rel=1e-12, abs=0
+    )
+
+
+def test_reference_vectors_in_closed_form():
+    """A few of the vectors above, written out by hand."""
+    cosine = [0.5 - 0.5 * math.cos(math.pi * step / 10) for step in range(11)]
+    defaults = [1e-3 ** cosine[step] for step in range(1, 9)] + [0.5 * 1e-3 ** cosine[9] + 0.5e-9, 1e-9, 1e-9]
+    assert [lr for (lr,) in applied_rates(LRScheduler(make_optimizer(1.0), total_steps=10), 11)] == pytest.approx(
+        defaults, rel=1e-12, abs=0
+    )
+    warmup = [1e-9 + step / 4 * (1.0 - 1e-9) for step in (1, 2, 3)] + [1.0] * 5
+    constant = LRScheduler(make_optimizer(1.0), total_steps=8, warmup_steps=4, cooldown_steps=0, method="constant")
+    assert [lr for (lr,) in applied_rates(constant, 8)] == pytest.approx(warmup, rel=1e-12, abs=0)
 
 
 def test_defaults_and_their_precedence():

@@ -122,9 +122,28 @@ def test_torch_schedulers_get_total_steps_under_their_own_argument(name, attribu
     assert getattr(built.scheduler, attribute) == 123
 
 
-@pytest.mark.parametrize("name", ["step", "multistep", "exponential", "cyclic", "reduce_on_plateau", "linear_lr"])
+# torch schedulers that take no total step count (``total_iters`` of LinearLR and ConstantLR is their warmup length)
+WITHOUT_TOTAL_STEPS = {
+    "step": lr_scheduler.StepLR,
+    "multistep": lr_scheduler.MultiStepLR,
+    "exponential": lr_scheduler.ExponentialLR,
+    "linear_lr": lr_scheduler.LinearLR,
+    "constant_lr": lr_scheduler.ConstantLR,
+    "cosine_warm_restarts": lr_scheduler.CosineAnnealingWarmRestarts,
+    "cyclic": lr_scheduler.CyclicLR,
+    "reduce_on_plateau": lr_scheduler.ReduceLROnPlateau,
+}
+
+
+@pytest.mark.parametrize("name", sorted(WITHOUT_TOTAL_STEPS))
 def test_schedulers_without_a_total_steps_argument_never_see_it(name, optimizer):
-    build_scheduler(optimizer, {"type": name, **MINIMAL_CONFIGS[name]}, total_steps=100)
+    built = build_scheduler(optimizer, {"type": name, **MINIMAL_CONFIGS[name]}, total_steps=100)
+    twin = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1, momentum=0.9)
+    direct = WITHOUT_TOTAL_STEPS[name](twin, **MINIMAL_CONFIGS[name])  # torch's defaults for every other argument
+    assert type(built.scheduler) is type(direct)
+    assert built.scheduler.state_dict() == direct.state_dict()
+    if name in ("linear_lr", "constant_lr"):
+        assert built.scheduler.total_iters == 5  # torch's default, not the run's 100 steps
 
 
 def test_step_lr_from_config_behaves_like_step_lr(optimizer):

@@ -250,15 +250,19 @@ def test_from_checkpoint_and_from_pretrained(tmp_path):
 def test_restore_precedence_resume_then_auto_resume_then_pretrained(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # outside the checkout: other edits to it would change the code id between runs
 
-    def trained(root, lr):
-        runner = ClassifierRunner(epoch_config(root, epochs=1, optim={"type": "sgd", "lr": lr}))
+    def trained(root, samples):
+        runner = ClassifierRunner(epoch_config(root, epochs=1, optim={"type": "sgd", "lr": 0.1}), samples=samples)
         runner.train()
         runner.close()
         return runner
 
-    source = trained(tmp_path / "source", 0.1)
+    # The same semantic config (its run dir is where auto_resume looks), but the source trains on twice the
+    # data: other weights and twice the steps, so each checkpoint is recognisable after loading.
+    source = trained(tmp_path / "source", 48)
     resume = os.path.join(source.workspace.checkpoint_dir, "latest.pth")
-    own = trained(tmp_path / "own", 0.1)  # same semantic config: its run dir is where auto_resume looks
+    own = trained(tmp_path / "own", 24)
+    assert (source.train_state.global_step, own.train_state.global_step) == (6, 3)
+    assert not torch.equal(source.model.weight, own.model.weight)
     pretrained = {"model": {"weight": torch.zeros(3, 4), "bias": torch.zeros(3)}}
     torch.save(pretrained, tmp_path / "pretrained.pth")
     base = epoch_config(tmp_path / "own", epochs=1, optim={"type": "sgd", "lr": 0.1})
@@ -267,7 +271,7 @@ def test_restore_precedence_resume_then_auto_resume_then_pretrained(tmp_path, mo
         runner = ClassifierRunner(
             {**base, "resume": resume, "auto_resume": True, "pretrained": str(tmp_path / "pretrained.pth")}
         )
-    assert torch.equal(runner.model.weight, source.model.weight)
+    assert torch.equal(runner.model.weight, source.model.weight) and runner.train_state.global_step == 6
     runner.close()
     runner = ClassifierRunner({**base, "auto_resume": True, "pretrained": str(tmp_path / "pretrained.pth")})
     assert torch.equal(runner.model.weight, own.model.weight) and runner.train_state.global_step == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from chanfig import Config
 from hypothesis import given
@@ -239,9 +241,11 @@ def test_hash_ignores_operational_settings_and_order():
 
 @given(st.integers(min_value=0, max_value=10**6), st.floats(allow_nan=False, allow_infinity=False, width=32))
 def test_config_id_is_stable_and_twelve_hex_digits(epochs, lr):
-    first = config_id(RunnerConfig(epochs=epochs, optim={"lr": lr}))
+    config = RunnerConfig(epochs=epochs, optim={"lr": lr})
+    first = config_id(config)
     assert first == config_id(RunnerConfig(epochs=epochs, optim={"lr": lr}, log=False))
-    assert len(first) == 12 and int(first, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{12}", first), first  # zero-padded, lower case
+    assert int(first, 16) == hash(config) % 2**48  # the low 48 bits of the config's hash
 
 
 def test_semantic_difference_is_symmetric():

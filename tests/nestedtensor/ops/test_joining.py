@@ -49,10 +49,23 @@ def test_stack_at_the_batch_dim_stacks_inside_elements():
         torch.stack([NestedTensor(tensors), NestedTensor([torch.randn(3, 2), torch.randn(4, 2)])])
 
 
-@given(ragged_batches(), ragged_batches(), st.booleans())
-def test_cat_along_the_batch_dim_concatenates_batches(first, second, batch_first):
-    if first[0].dim() != second[0].dim():
-        return
+@st.composite
+def _batches_of_one_rank(draw) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Two ragged batches whose elements share a rank: the second, drawn of at most the first's rank, gets
+    size-1 dims at drawn places to match."""
+    first = draw(ragged_batches())
+    rank = first[0].dim()
+    second = draw(ragged_batches(max_rank=rank))
+    missing = rank - second[0].dim()
+    places = draw(st.lists(st.integers(0, rank - 1), min_size=missing, max_size=missing, unique=True))
+    for place in sorted(places):  # in increasing order each lands where the final shape has it
+        second = [t.unsqueeze(place) for t in second]
+    return first, second
+
+
+@given(_batches_of_one_rank(), st.booleans())
+def test_cat_along_the_batch_dim_concatenates_batches(batches, batch_first):
+    first, second = batches
     sources = [[t.clone().requires_grad_() for t in batch] for batch in (first, second)]
     nested = [NestedTensor(batch, batch_first=batch_first) for batch in sources]
     aligned = align_packings(nested) is not None

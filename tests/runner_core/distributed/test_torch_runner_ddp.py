@@ -8,6 +8,7 @@ across ranks, accumulation with ``no_sync`` and the partial-window flush.
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -48,6 +49,41 @@ def _linear(features, outputs):
     return nn.Linear(features, outputs)
 
 
+# Files this process changes, as seen by Python's audit hooks: every write goes through one of these calls.
+_WRITE_EVENTS = ("open", "os.rename", "os.symlink", "os.link", "os.remove", "shutil.copyfile")
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_writes: list[str] | None = None
+
+
+def _record_writes(event, args):
+    if _writes is None or event not in _WRITE_EVENTS:
+        return
+    if event == "open":
+        path, mode, flags = args
+        writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & _WRITE_FLAGS)
+        paths = [path] if writing else []
+    elif event == "os.remove":
+        paths = [args[0]]
+    else:  # (source, destination, ...): a rename changes both names, a link or copy its destination
+        paths = [args[0], args[1]] if event == "os.rename" else [args[1]]
+    _writes.extend(os.path.abspath(os.fsdecode(path)) for path in paths if isinstance(path, (str, bytes, os.PathLike)))
+
+
+def _start_recording_writes():
+    global _writes
+    if _writes is None:
+        sys.addaudithook(_record_writes)  # hooks cannot be removed: an empty list stops recording
+    _writes = []
+
+
+def _stop_recording_writes(directory):
+    """The files under ``directory`` this process wrote, renamed, linked or removed since recording began."""
+    global _writes
+    directory = os.path.abspath(directory) + os.sep
+    written, _writes = sorted({path for path in _writes if path.startswith(directory)}), None
+    return [os.path.relpath(path, directory) for path in written]
+
+
 def _weighted_step(rank, world_size, root):
     torch.manual_seed(0)
     inputs = torch.randn(4, 3)
@@ -72,12 +108,14 @@ def _accumulated_steps(rank, world_size, root):
     torch.manual_seed(0)
     inputs, targets = torch.randn(12, 2), torch.randn(12, 1)
     criterion = lambda pred, target: F.mse_loss(pred, target)  # noqa: E731 - no normalizer: uniform weights
+    _start_recording_writes()
     runner = SeededRunner(_config(root, accum_steps=2), TensorDataset(inputs, targets), _linear(2, 1), criterion)
     runner.train()
     state = (runner.train_state.global_step, runner.train_state.micro_step)
     weight = runner.unwrap(runner.model).weight.detach().clone()
     checkpoint_dir = runner.workspace.checkpoint_dir
     runner.close()
+    checkpoint_writes = _stop_recording_writes(checkpoint_dir)
 
     reference = _linear(2, 1)
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
@@ -89,7 +127,7 @@ def _accumulated_steps(rank, world_size, root):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    return state, torch.allclose(weight, reference.weight.detach(), atol=1e-6), checkpoint_dir
+    return state, torch.allclose(weight, reference.weight.detach(), atol=1e-6), (checkpoint_dir, checkpoint_writes)
 
 
 def _owned_group(rank, world_size, root):
@@ -137,9 +175,11 @@ def test_accumulation_with_no_sync_and_a_partial_window_matches_the_global_mean(
     results = [accumulated for _, accumulated, _ in ddp_results]
     assert [state for state, _, _ in results] == [(2, 4), (2, 4)]
     assert [matches for _, matches, _ in results] == [True, True]
-    checkpoint_dir = results[0][2]
-    assert results[1][2] == checkpoint_dir  # both ranks agree on the run directory
-    assert "latest.pth" in os.listdir(checkpoint_dir)  # written once, by rank 0
+    (checkpoint_dir, writes), (other_dir, other_writes) = (checkpoint for _, _, checkpoint in results)
+    assert other_dir == checkpoint_dir  # both ranks agree on the run directory
+    assert "latest.pth" in os.listdir(checkpoint_dir)
+    assert "latest.pth" in writes  # written by rank 0 (the recording sees it) ...
+    assert other_writes == []  # ... and only by rank 0: rank 1 wrote, renamed and removed nothing there
 
 
 @pytest.mark.timeout(300)
