@@ -1,0 +1,169 @@
+"""ParallelRunner on two real gloo processes against a one-process TorchRunner on the same global batches.
+
+One pair of processes runs, in order:
+
+- FSDP2 (shard=-1 -> 2), 4 samples per rank: two epochs, a checkpoint after each, and the final
+  ``model.safetensors`` export;
+- a fresh FSDP2 run that resumes the first run's epoch-1 checkpoint and trains epoch 2;
+- tensor parallel (tensor=2) on the example transformer: both ranks read the same 8 samples;
+- a resume of that tensor-parallel checkpoint on a shard=2 mesh, which must be refused.
+
+The test process then resumes the epoch-1 FSDP checkpoint in one process, and loads the export
+as ``pretrained`` into a plain TorchRunner.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from danling.runners.checkpoints.dcp import DCPCheckpointManager
+from tests.distributed import run_workers
+from tests.runner_parallel.runners import (
+    SequenceCrossEntropy,
+    TransformerRunner,
+    TransformerTorchRunner,
+    config,
+    dataset,
+    full_parameters,
+)
+
+pytestmark = pytest.mark.distributed
+
+FSDP = {"fsdp": {"enabled": True}, "parallel": {"axes": {"shard": -1}}}
+
+
+def _plain(parameters):
+    return {name: tensor.tolist() for name, tensor in parameters.items()}
+
+
+def _epoch_one(directory):
+    return next(os.path.join(directory, entry) for entry in sorted(os.listdir(directory)) if entry.endswith("e000001"))
+
+
+def _workers(rank, world_size, root):
+    results = {}
+    first = TransformerRunner(
+        config(f"{root}/fsdp", 4, checkpoint={"async_mode": "disabled", "last_save_model_only": True}, **FSDP)
+    )
+    first.train()
+    results["fsdp"] = _plain(full_parameters(first))
+    results["checkpoints"] = first.checkpoint_manager.directory
+    results["degrees"] = (first.shard_degree, first.data_degree, first.data_rank, first.tensor_degree, first.fsdp_mode)
+    first.close()
+
+    resumed = TransformerRunner(config(f"{root}/resumed", 4, resume=_epoch_one(results["checkpoints"]), **FSDP))
+    results["resumed epoch"] = resumed.train_state.epoch
+    resumed.train()
+    results["resumed"] = _plain(full_parameters(resumed))
+    resumed.close()
+
+    tensor = TransformerRunner(config(f"{root}/tensor", 8, parallel={"axes": {"tensor": 2}}))
+    results["tensor sharded"] = type(tensor.model.layers[0].attention.wq.weight).__name__
+    tensor.train()
+    results["tensor"] = _plain(full_parameters(tensor))
+    tensor_checkpoint = tensor.checkpoint_manager.resolve("latest")
+    tensor.close()
+    try:
+        TransformerRunner(config(f"{root}/refused", 4, resume=tensor_checkpoint, **FSDP))
+    except ValueError as error:
+        results["refused"] = str(error)
+    return results
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("parallel"))
+    references = {}
+    for epochs in (1, 2):  # one process, all 8 samples of each step in one batch
+        reference = TransformerTorchRunner(config(f"{root}/reference{epochs}", 8, epochs=epochs))
+        reference.train()
+        references[epochs] = full_parameters(reference)
+        if epochs == 1:
+            references["model"], references["optimizer"] = (
+                copy.deepcopy(reference.model),
+                reference.optimizer.state_dict(),
+            )
+        reference.close()
+    workers = run_workers(_workers, 2, root, timeout=300)
+    return root, references, workers
+
+
+def _difference(parameters, reference):
+    return max(float((torch.tensor(parameters[name]) - value).abs().max()) for name, value in reference.items())
+
+
+def test_fsdp_training_equals_one_process(runs):
+    _, references, workers = runs
+    assert workers[0]["degrees"] == (2, 2, 0, 1, "full_shard") and workers[1]["degrees"][2] == 1
+    assert max(_difference(worker["fsdp"], references[2]) for worker in workers) < 1e-5
+
+
+def test_checkpoint_records_topology(runs):
+    _, _, workers = runs
+    saved = DCPCheckpointManager(workers[0]["checkpoints"]).load("latest")
+    assert saved["parallel"] == {
+        "axes": {"replicate": 1, "shard": 2, "context": 1, "pipeline": 1, "tensor": 1, "expert": 1, "expert_tensor": 1},
+        "fsdp": True,
+    }
+    assert saved["runner"]["stack"] == "parallel" and saved["runner"]["parallel"]["axes"]["shard"] == -1
+
+
+def test_fresh_two_process_run_resumes_and_continues_identically(runs):
+    _, _, workers = runs
+    assert all(worker["resumed epoch"] == 1 for worker in workers)
+    assert (
+        max(
+            _difference(worker["resumed"], {k: torch.tensor(v) for k, v in worker["fsdp"].items()})
+            for worker in workers
+        )
+        == 0.0
+    )
+
+
+def test_one_process_run_resumes_and_continues_identically(runs):
+    root, references, workers = runs
+    # the continuation a single process would compute from the same state: epoch 2 in batches of 4
+    model = references["model"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    optimizer.load_state_dict(references["optimizer"])
+    for inputs, target in DataLoader(dataset(), batch_size=4):
+        SequenceCrossEntropy()(model(inputs), target).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    runner = TransformerRunner(config(f"{root}/single", 4, resume=_epoch_one(workers[0]["checkpoints"]), **FSDP))
+    restored = full_parameters(runner)
+    assert runner.world_size == 1 and runner.train_state.epoch == 1
+    assert max(float((restored[name] - value).abs().max()) for name, value in references[1].items()) < 1e-5
+    runner.train()
+    continued = full_parameters(runner)
+    runner.close()
+    assert max(float((continued[name] - p).abs().max()) for name, p in model.named_parameters()) < 1e-5
+
+
+def test_export_loads_as_pretrained_in_a_torch_runner(runs):
+    root, _, workers = runs
+    export = os.path.join(workers[0]["checkpoints"], "model.safetensors")
+    runner = TransformerTorchRunner(config(f"{root}/pretrained", 8, pretrained=export))
+    loaded = full_parameters(runner)
+    runner.close()
+    assert _difference(workers[0]["fsdp"], loaded) == 0.0
+
+
+def test_tensor_parallel_training_equals_unsharded(runs):
+    _, references, workers = runs
+    assert workers[0]["tensor sharded"] == "DTensor"
+    assert max(_difference(worker["tensor"], references[2]) for worker in workers) < 1e-5
+
+
+def test_resume_on_an_incompatible_mesh_names_the_axis(runs):
+    _, _, workers = runs
+    message = workers[0]["refused"]
+    assert message.startswith(
+        "cannot resume this checkpoint: parallel.axes.tensor was 2 when it was saved and is 1 now"
+    )
+    assert "Resume with parallel.axes.tensor=2" in message
