@@ -28,17 +28,19 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
 from torch import distributed as dist
 from torch.distributed import checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
@@ -62,6 +64,14 @@ HISTORY_DIR = re.compile(r"^ckpt-[es]\d+(-[0-9a-f]{8}-\d{4})?$")
 UNNAMED_DIR = re.compile(r"^.+-[es]\d+-[0-9a-f]{8}-\d{4}$")
 
 __all__ = ["DCPCheckpointManager", "load_dcp_checkpoint", "read_dcp_config", "resolve_dcp_checkpoint"]
+
+
+@contextmanager
+def _single_process_is_intended() -> Iterator[None]:
+    """Silence DCP's warning that it assumes a single process when no group exists: that is how it is used here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 def _is_checkpoint(path: str) -> bool:
@@ -126,7 +136,8 @@ def _read(path: str, keys: set[str] | None = None) -> dict[str, Any]:
     """
     state: dict[str, Any] = {}
     planner = _EmptyStateDictLoadPlanner(keys=None if keys is None else {*keys, MANIFEST})
-    _load_state_dict(state, storage_reader=FileSystemReader(path), planner=planner, no_dist=True)
+    with _single_process_is_intended():
+        _load_state_dict(state, storage_reader=FileSystemReader(path), planner=planner, no_dist=True)
     return _restore_structure(state, keys)
 
 
@@ -370,12 +381,17 @@ class DCPCheckpointManager(CheckpointManager):
         if request.export_model:
             self.export_model(request.payload["model"])
         if self.async_mode != "async":
-            dcp.save(payload, storage_writer=writer)
+            try:
+                with _single_process_is_intended():
+                    dcp.save(payload, storage_writer=writer)
+            except CheckpointException as error:
+                raise _failed(target, error) from error
             self._finish(request, target)
             if is_initialized():
                 dist.barrier()  # the pointers are in place on every rank's return
             return
-        response = dcp.async_save(payload, storage_writer=writer, process_group=self._group)
+        with _single_process_is_intended():
+            response = dcp.async_save(payload, storage_writer=writer, process_group=self._group)
         future = getattr(response, "upload_completion", response)
         self._staging_future = getattr(response, "staging_completion", None)
         done: Future = Future()
@@ -385,7 +401,10 @@ class DCPCheckpointManager(CheckpointManager):
     def _complete(self, finished: Future, done: Future, request: SaveRequest, target: str) -> None:
         """DCP's save ended (on its thread): flip the pointers, or record why not."""
         try:
-            finished.result()
+            try:
+                finished.result()
+            except CheckpointException as error:
+                raise _failed(target, error) from error
             self._finish(request, target)
         except Exception as error:
             self.record_failure(target, error)
@@ -421,8 +440,8 @@ class DCPCheckpointManager(CheckpointManager):
         r"""
         Write full, unsharded model weights to ``{directory}/{name}`` (safetensors); return the path.
 
-        Collective when the state holds ``DTensor``\ s: every rank gathers each one
-        (``full_tensor``), then rank 0 writes the file.
+        Collective in a process group (every rank calls it): each ``DTensor`` is gathered
+        (``full_tensor``) on every rank, then rank 0 writes the file.
         """
         full = {
             key: value.full_tensor() if hasattr(value, "full_tensor") else value for key, value in model_state.items()
@@ -430,6 +449,8 @@ class DCPCheckpointManager(CheckpointManager):
         path = os.path.join(self.directory, name)
         if self._main:
             save_model_state(full, path, dtype=self.config.resolved_export_dtype(), fsync=self.config.fsync)
+        if is_initialized():
+            dist.barrier()  # the file is there on every rank's return
         return path
 
     # retention and clean-up (rank 0)
@@ -512,7 +533,9 @@ class DCPCheckpointManager(CheckpointManager):
         state = collect_state(template())
         _add_missing_entries(state, FileSystemReader(path).read_metadata())
         # Entries the template has and the checkpoint lacks (a component added since) keep their values.
-        dcp.load(state, storage_reader=FileSystemReader(path), planner=DefaultLoadPlanner(allow_partial_load=True))
+        planner = DefaultLoadPlanner(allow_partial_load=True)
+        with _single_process_is_intended():
+            dcp.load(state, storage_reader=FileSystemReader(path), planner=planner)
         return _restore_structure(state)
 
     # lifecycle
@@ -544,6 +567,11 @@ class DCPCheckpointManager(CheckpointManager):
     def close(self, timeout: float | None = None) -> bool:
         """Wait for the save in flight; ``False`` on timeout (call again to retry)."""
         return self.wait(timeout)
+
+
+def _failed(target: str, error: CheckpointException) -> RuntimeError:
+    """DCP's ``CheckpointException`` (a ``BaseException``) as an error that a failed save may record and go on from."""
+    return RuntimeError(f"DCP could not save checkpoint {target!r}: {error}")
 
 
 def _pointer_names_checkpoint(pointer: str) -> bool:
