@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 
 import chanfig
@@ -31,7 +32,7 @@ RUNNER_KEYS = {
     "stack", "seed", "deterministic", "steps", "epochs", "accum_steps", "score_split", "score_name",
     "workspace_root", "auto_resume", "resume", "pretrained", "log", "tensorboard", "log_interval",
     "lineage", "experiment", "name", "dir", "log_file", "checkpoint_dir", "train_splits", "evaluate_splits",
-    "patience", "precision", "max_grad_norm", "max_grad_value", "skip_nonfinite_grad", "backend", "init_method",
+    "patience", "precision", "max_grad_norm", "max_grad_value", "skip_nonfinite_grad", "backend", "init_method", "adopt_process_group",
     "activation_checkpoint", "graceful_sigint", "ema", "optim", "optimizer", "sched", "scheduler", "dataloader", "deepspeed",
     "compile", "comm", "gc", "profiling", "heartbeat", "wandb", "ft", "checkpoint", "parallel", "fsdp",
 }  # fmt: skip
@@ -137,7 +138,9 @@ def test_set_fields_are_stored_typed_and_round_trip(tmp_path):
 def test_command_line_sets_fields_and_sections():
     args = ["--precision", "fp16", "--skip_nonfinite_grad", "false", "--max_grad_value", "0.5"]
     args += ["--dataloader.shuffle", "false", "--ema.decay", "0.9", "--sched.interval", "epoch", "--optim.lr", "0.1"]
-    config = RunnerConfig().parse(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "did you mean" hint for a declared key
+        config = RunnerConfig().parse(args)
     assert (config.precision, config.skip_nonfinite_grad, config.max_grad_value) == ("fp16", False, 0.5)
     assert config.dataloader.shuffle is False  # the string "false" used to be stored, and it is truthy
     assert isinstance(config.ema, EmaConfig) and config.ema.decay == 0.9
@@ -188,7 +191,7 @@ def test_a_misspelt_key_in_any_closed_section_names_the_closest_key(path, cls):
             assert (caught.value.key, caught.value.section, caught.value.suggestion) == (typo, path, key)
 
 
-@pytest.mark.parametrize("how", ["attribute", "item", "constructor", "command line", "edit then validate"])
+@pytest.mark.parametrize("how", ["attribute", "item", "dotted item", "constructor", "command line", "edit, validate"])
 def test_checkpoint_intervall_fails_every_way_it_can_be_written(how, tmp_path):
     message = "unknown key 'intervall' in checkpoint; did you mean 'interval'?"
     config = RunnerConfig()
@@ -197,6 +200,8 @@ def test_checkpoint_intervall_fails_every_way_it_can_be_written(how, tmp_path):
             config.checkpoint.intervall = 5
         elif how == "item":
             config.checkpoint["intervall"] = 5
+        elif how == "dotted item":
+            config.checkpoint["intervall.steps"] = 5
         elif how == "constructor":
             CheckpointConfig(intervall=5)
         elif how == "command line":

@@ -264,13 +264,8 @@ class Section(chanfig.Config):
         return UnknownKeyError(key, self._path_, _schema(type(self)).declared)
 
     def set(self, name: Any, value: Any, convert_mapping: bool | None = None) -> None:
-        if isinstance(name, str):
-            key, dotted, _ = name.partition(".")
-            if dotted:  # sets inside ``key``
-                if not self._is_known(key, {}):
-                    raise self._unknown(key)
-            else:
-                value = self._convert(key, value)
+        if isinstance(name, str) and "." not in name:  # a dotted name's first key goes through ``__missing__``
+            value = self._convert(name, value)
         super().set(name, value, convert_mapping)
 
     def _convert(self, key: str, value: Any) -> Any:
