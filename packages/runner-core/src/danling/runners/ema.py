@@ -65,7 +65,9 @@ class EmaConfig(chanfig.Config):
             try:
                 torch.device(device)
             except (RuntimeError, TypeError):
-                raise ValueError(f"ema.device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
+                raise ValueError(
+                    f"ema.device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}"
+                ) from None
 
 
 def _average(decay: float):

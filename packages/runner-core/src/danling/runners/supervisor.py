@@ -192,8 +192,11 @@ class RunnerSupervisor:
         """
         if not self.should_stop():
             return False
-        reason = self.received_signal.name if self.received_signal is not None else "peer-signal"
-        logger.warning("runner (rank %d): received %s; saving checkpoint and exiting", self.rank, reason)
+        if self.received_signal is not None:
+            reason, what = self.received_signal.name, f"received {self.received_signal.name}"
+        else:
+            reason, what = "peer-signal", "another rank received a termination signal"
+        logger.warning("runner (rank %d): %s; saving checkpoint and exiting", self.rank, what)
         self.set_status("saving", event=reason)
         if save is not None:
             save()
