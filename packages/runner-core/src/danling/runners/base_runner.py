@@ -25,11 +25,13 @@ import contextlib
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
+import torch
 from chanfig import FlatDict
 
 from danling.data import DataLoaderDict
@@ -40,16 +42,17 @@ from .checkpointing import RunnerCheckpointing
 from .checkpoints import resolve_checkpoint_interval
 from .config import RunnerConfig
 from .dataloaders import loader_length
+from .distributed import all_reduce as all_reduce_tensor
+from .distributed import group_size, is_initialized, reduction_device, set_group_timeout
 from .reporting import (
     LoopProgress,
     build_tensorboard_writer,
     build_wandb_run,
     format_epoch_line,
     format_result,
-    format_step_line,
     is_interactive,
     log_to_files,
-    write_scalars,
+    step_prefix,
 )
 from .state import LoopState, RunnerState, seed_everything
 from .utils import RunnerMode, get_local_rank, get_rank, get_world_size
@@ -113,6 +116,16 @@ class BaseRunner(RunnerCheckpointing, metaclass=MetaRunner):
     logger: Any = None
     writer: Any = None
     wandb: Any = None
+    #: Settings this runner class does not implement: set, they raise instead of being ignored.
+    #: A backend that implements one drops it from its own tuple.
+    unsupported_settings: tuple[str, ...] = (
+        "ft.enabled",
+        "checkpoint.enable_ft_dataloader_checkpoints",
+        "compile.precompile_artifact_dir",
+        "compile.memory_policy",
+    )
+    _loop_progress: tuple[str, LoopProgress] | None = None
+    _train_timeout_applied: bool = False
 
     def __init__(self, config: RunnerConfig | Mapping[str, Any]) -> None:
         config = config if isinstance(config, RunnerConfig) else RunnerConfig(config)
@@ -130,6 +143,7 @@ class BaseRunner(RunnerCheckpointing, metaclass=MetaRunner):
         self.results = RoundDict()
         self.meters = AverageMeters()
         self._mode = RunnerMode.train
+        self.check_settings()
         self.init_distributed()
         if self.config.seed is not None:
             self.set_seed()
@@ -203,6 +217,28 @@ class BaseRunner(RunnerCheckpointing, metaclass=MetaRunner):
         self._mode = RunnerMode(mode)
 
     # early setup hooks
+
+    def check_settings(self) -> None:
+        r"""
+        Refuse settings that would be accepted and then ignored.
+
+        Raises:
+            NotImplementedError: a setting of ``unsupported_settings`` is set.
+            ValueError: ``patience`` in step mode, which evaluates once at the end and never stops early.
+        """
+        for key in self.unsupported_settings:
+            value = self.config.get(key)
+            if value:
+                raise NotImplementedError(
+                    f"{key}={value!r} is not implemented by {type(self).__name__}; remove it from the config "
+                    "(it would otherwise be ignored)"
+                )
+        patience = self.config.get("patience")
+        if self.is_step_mode and patience is not None and math.isfinite(patience):
+            raise ValueError(
+                f"patience={patience!r} stops epoch-mode training early, but this run trains by steps "
+                "and evaluates once at the end, where it would be ignored; remove it or set `epochs`"
+            )
 
     def init_distributed(self) -> None:
         """Join the job's process group; the base runner runs in one process."""
@@ -446,8 +482,9 @@ class BaseRunner(RunnerCheckpointing, metaclass=MetaRunner):
     def format_result(self, result: Mapping[str, Any], format_spec: str = ".4f") -> str:
         return format_result(result, format_spec)
 
-    def format_step_result(self, result: Mapping[str, Any], split: str, steps: int, length: int | None) -> str:
-        return format_step_line(self.mode, split, steps, length, result)
+    def format_step_result(self, result: Mapping[str, Any], split: str, steps: int, length: int | str | None) -> str:
+        """``training on {split} [{steps}/{length}]`` and the result (``length`` ``None``: unknown, shown as ``∞``)."""
+        return f"{step_prefix(self.mode, split, steps, length)}\t{self.format_result(result)}"
 
     def format_epoch_result(
         self, result: Mapping[str, Any], epochs: int | None = None, total_epochs: int | None = None
@@ -456,17 +493,31 @@ class BaseRunner(RunnerCheckpointing, metaclass=MetaRunner):
         epochs = self.train_state.epoch if epochs is None else epochs
         return format_epoch_line(result, epochs + 1, self.epochs if total_epochs is None else total_epochs)
 
+    def loop_time(self, *, sync: bool = False) -> float:
+        """Seconds on a monotonic clock, for loop timings; ``sync`` first waits for queued CUDA work."""
+        if sync and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    @property
+    def reports_batch_telemetry(self) -> bool:
+        """Whether progress lines carry the seconds per batch (``time``)."""
+        return True
+
     def loop_progress(self, split: str, *, total: int | None, start: int = 0) -> LoopProgress:
         """Progress of a loop over ``split``: a bar on the main process's terminal, periodic lines otherwise."""
         interactive = self.is_main_process and is_interactive()
-        return LoopProgress(
+        progress = LoopProgress(
             split if self.mode == RunnerMode.train else f"{self.mode} {split}",
             total=total,
             interval=self.log_interval,
             emit=self._emit_line,
             stream=sys.stdout if interactive else None,
             start=start,
+            clock=self.loop_time,
         )
+        self._loop_progress = (split, progress)  # where ``step_log`` reports while the loop runs
+        return progress
 
     def _emit_line(self, line: str, console: bool) -> None:
         if console:
@@ -478,29 +529,70 @@ class BaseRunner(RunnerCheckpointing, metaclass=MetaRunner):
         self,
         split: str,
         iteration: int,
-        length: int | None = None,
+        length: int | str | None = None,
         result: Mapping[str, Any] | None = None,
-        *,
-        progress: LoopProgress | None = None,
-    ) -> dict[str, Any]:
-        """Report progress at ``iteration`` of ``length``: a line (or the bar's postfix), and scalars in training."""
+    ) -> RoundDict:
+        r"""
+        Report progress of a loop over ``split``: a line (or a progress bar's postfix), and scalars in training.
+
+        ``iteration`` is the 0-based index of the batch just done (in step mode: of the optimizer
+        step within the split's turn) and ``length`` the index of the last one (``None``: from
+        ``split``'s loader).  The line counts from 1: ``[3/3]`` after the last of three batches.
+        ``result`` defaults to ``get_step_result()``; while a loop over ``split`` runs, the
+        seconds per batch since the previous report are added as ``time``.  Returns what was reported.
+        """
         if length is None and split in self.dataloaders:
-            length = loader_length(self.dataloaders[split])
-        result = self._step_values() if result is None else dict(result)
+            size = loader_length(self.dataloaders[split])
+            length = None if size is None else size - 1
+        values = self._reported_values() if result is None else dict(result)
+        progress = self._active_progress(split)
+        if progress is not None and self.reports_batch_telemetry and "time" not in values:
+            values["time"] = progress.seconds_per_iteration(iteration)
+        line = self.format_step_result(values, split, iteration + 1, length + 1 if isinstance(length, int) else length)
         if progress is not None:
-            result["time"] = progress.seconds_per_iteration(iteration)
-        line = format_step_line(self.mode, split, iteration, length, result)
-        if progress is not None:
-            progress.report(line, result)
+            progress.report(line, values)
         else:
             print(line)
         if self.mode == RunnerMode.train:
-            self.write_result(result, split)
-        return result
+            self.write_result(values, split)
+        return RoundDict(values)
+
+    def _reported_values(self) -> dict[str, Any]:
+        # ``get_step_result`` builds a RoundDict; unless it is overridden, take the plain values it is made of
+        if type(self).get_step_result is BaseRunner.get_step_result:
+            return self._step_values()
+        return dict(self.get_step_result())
+
+    def _active_progress(self, split: str) -> LoopProgress | None:
+        if self._loop_progress is None:
+            return None
+        progress_split, progress = self._loop_progress
+        return progress if progress_split == split and not progress.closed else None
+
+    def flatten_result(self, result: Mapping[str, Any]) -> FlatDict:
+        """Every number in ``result`` under a ``/``-joined name (``metrics/acc``, ``per_class/0``); meters give their average."""
+        return FlatDict(results_lib.flatten_result(result))
 
     def write_result(self, result: Mapping[str, Any], split: str, steps: int | None = None) -> None:
-        """Log every number in ``result`` as ``{split}/{name}`` at ``steps`` (default: the global step)."""
-        write_scalars(self.writer, self.wandb, result, split, self.train_state.global_step if steps is None else steps)
+        r"""
+        Send every number of ``result`` to ``write_score`` (TensorBoard), and all of them to W&B in one call.
+
+        ``steps`` defaults to the global step.  Without a writer and W&B nothing is flattened.
+        """
+        if self.writer is None and self.wandb is None:
+            return
+        steps = self.train_state.global_step if steps is None else steps
+        scores = self.flatten_result(result)
+        for name, score in scores.items():
+            self.write_score(name, score, split, steps)
+        if self.wandb is not None and scores:
+            self.wandb.log({f"{split}/{name}": score for name, score in scores.items()}, step=steps)
+
+    def write_score(self, name: str, score: float, split: str, steps: int) -> None:
+        """Write one scalar to TensorBoard as ``{split}/{name}``; a full or vanished disk does not stop training."""
+        if self.writer is not None:
+            with contextlib.suppress(OSError):
+                self.writer.add_scalar(f"{split}/{name}", score, steps)
 
     def unwrap(self, model: Any) -> Any:
         return model
@@ -518,6 +610,90 @@ class BaseRunner(RunnerCheckpointing, metaclass=MetaRunner):
 
     def infer(self, split: str = "infer", *, steps: int | None = None, stream: bool | None = None) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not implement infer()")
+
+    def train_epochs(self, *args: Any, **kwargs: Any) -> RoundDict:
+        raise NotImplementedError(f"{type(self).__name__} does not implement train_epochs()")
+
+    def train_epoch(self, *args: Any, **kwargs: Any) -> RoundDict:
+        raise NotImplementedError(f"{type(self).__name__} does not implement train_epoch()")
+
+    def train_steps(self, *args: Any, **kwargs: Any) -> RoundDict:
+        raise NotImplementedError(f"{type(self).__name__} does not implement train_steps()")
+
+    def train_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement train_step()")
+
+    def backward(self, loss: Any, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement step()")
+
+    def evaluate_epoch(self, *args: Any, **kwargs: Any) -> RoundDict:
+        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate_epoch()")
+
+    def evaluate_steps(self, *args: Any, **kwargs: Any) -> RoundDict:
+        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate_steps()")
+
+    def evaluate_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate_step()")
+
+    def infer_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement infer_step()")
+
+    # collectives: over ``all_reduce_group()``; without a process group they return their input
+
+    def all_reduce_group(self) -> Any:
+        """The group reductions run over; ``None`` is the default group (backends with replica groups override it)."""
+        return None
+
+    def all_reduce_device(self) -> torch.device:
+        """Where a reduction's tensors must be: the CUDA device for NCCL, else the CPU."""
+        return reduction_device(group=self.all_reduce_group())
+
+    def all_reduce(self, tensor: torch.Tensor, *, op: Any = None) -> torch.Tensor:
+        """Reduce ``tensor`` in place over ``all_reduce_group()`` (a sum unless ``op`` says otherwise); return it."""
+        return all_reduce_tensor(tensor, op, self.all_reduce_group())
+
+    def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of ``tensor`` over the group, on ``tensor``'s device; ``tensor`` itself is never changed."""
+        size = group_size(self.all_reduce_group())
+        if size <= 1:
+            return tensor
+        payload = self.all_reduce(tensor.detach().to(self.all_reduce_device(), copy=True))
+        return (payload / size).to(tensor.device)
+
+    def reduce_loss_for_logging(self, loss: torch.Tensor | None, loss_n: int | None) -> torch.Tensor | None:
+        r"""
+        ``loss`` (its mean, if it has several elements) weighted by ``loss_n`` (at least 1) and
+        averaged over the group with the other ranks' weights: a float64 scalar; ``None`` without a loss.
+        """
+        if loss is None:
+            return None
+        device = self.all_reduce_device()
+        weight = torch.tensor(float(max(int(loss_n or 1), 1)), dtype=torch.float64, device=device)
+        payload = torch.stack((loss.detach().to(device, torch.float64).mean() * weight, weight))
+        if group_size(self.all_reduce_group()) > 1:
+            self.all_reduce(payload)
+        return payload[0] / payload[1]
+
+    def apply_train_timeout(self) -> bool:
+        r"""
+        Shorten the process groups' timeout to ``comm.train_timeout_seconds``, once per process.
+
+        The loop calls it after the first applied optimizer step of this process (a resumed run
+        too), when start-up (compilation, the first collectives) is over.  Returns whether a
+        timeout changed.
+        """
+        self._train_timeout_applied = True
+        seconds = self.config.comm.train_timeout_seconds
+        if seconds is None or not is_initialized():
+            return False
+        changed = set_group_timeout(seconds)
+        group = self.all_reduce_group()
+        if group is not None:
+            changed = set_group_timeout(seconds, group) and changed
+        return changed
 
     # shutdown
 

@@ -7,6 +7,12 @@ directories, and how to read them back.  This module owns the runner's side: the
 precedence of ``resume`` > ``auto_resume`` > ``pretrained``, and the choice of manager
 (``init_checkpoint_manager``: ``checkpoint.backend``, with ``"auto"`` meaning the runner class's
 ``default_checkpoint_backend``).  It never builds a checkpoint file name itself.
+
+A manager of ``danling.runners.checkpoints`` (a ``CheckpointManager``) is handed the payload and
+the progress.  Any other object bound as the manager follows the reference's runner-bound
+protocol: it holds its runner and is called as ``save_checkpoint(name=..., epochs=...,
+save_best=..., last_step=..., force=...)`` and ``load_checkpoint(path)``, besides
+``is_collective``, ``maybe_wait_for_staging()``, ``wait()`` and ``close()``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from .checkpoints import (
     fresh_entries,
 )
 from .config import RunnerConfig, check_semantic_match
-from .restore import MODEL_KEYS, apply_exclusions, load_component, plain_data, read_checkpoint
+from .restore import MODEL_KEYS, apply_exclusions, exclusion_paths, load_component, plain_data, read_checkpoint
 
 if TYPE_CHECKING:
     from .base_runner import BaseRunner
@@ -107,22 +113,29 @@ class RunnerCheckpointing:
     def save_checkpoint(
         self,
         name: str = "latest",
-        *,
-        force: bool = False,
-        last_step: bool = False,
+        epochs: int | None = None,  # the 0-based epoch the save belongs to
         save_best: bool = True,
-        epochs: int | None = None,
+        last_step: bool = False,  # the run's final save
+        force: bool = False,
     ) -> bool:
         r"""
         Save a checkpoint if one is due (the manager's cadence), or always with ``force``/``last_step``.
 
-        Progress is the global step in step mode and the completed epochs in epoch mode
-        (``epochs``, if given, is the 0-based epoch just finished).  Returns whether a save was
-        written or queued.  Non-main processes return at once unless the manager is collective.
+        ``epochs`` is the 0-based epoch the save belongs to (the epoch just finished; default:
+        ``train_state.epoch``).  Progress is the global step in step mode and the completed epochs
+        in epoch mode.  Returns whether a save was written or queued (a runner-bound manager that
+        returns nothing counts as saving).  Non-main processes return at once unless the manager
+        is collective: call this on every rank.
         """
         manager = self.checkpoint_manager
         if manager is None or not (self.is_main_process or manager.is_collective):
             return False
+        if not isinstance(manager, CheckpointManager):  # runner-bound: it reads the runner's state itself
+            epochs = self.train_state.epoch if epochs is None else epochs
+            saved = manager.save_checkpoint(
+                name=name, epochs=epochs, save_best=save_best, last_step=last_step, force=force
+            )
+            return saved is None or bool(saved)
         if self.is_step_mode:
             progress = self.train_state.global_step
         else:
@@ -141,7 +154,7 @@ class RunnerCheckpointing:
         )
 
     def save_seed_checkpoint(self, name: str = "seed") -> bool:
-        """Save the untrained state as ``{name}.pth`` (for reproducing a run from its start)."""
+        """Save the untrained state as checkpoint ``name`` (for reproducing a run from its start)."""
         if self.train_state.epoch or self.train_state.global_step:
             warnings.warn(
                 "save_seed_checkpoint() is intended before training advances; "
@@ -149,7 +162,7 @@ class RunnerCheckpointing:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        return self.save_checkpoint(name=name, save_best=False, last_step=True, force=True)
+        return self.save_checkpoint(name=name, epochs=0, save_best=False, last_step=True, force=True)
 
     def save(self, obj: Any, file: str, main_process_only: bool = True, *args: Any, **kwargs: Any) -> str:
         """Save ``obj`` to ``file`` by extension (``danling.utils.save``), on the main process only by default."""
@@ -164,7 +177,13 @@ class RunnerCheckpointing:
         A checkpoint as a mapping: given one, or loaded by the manager from a name (``"latest"``,
         ``"best"``) or a path (a ``model.safetensors`` export reads as ``{"model": weights}``).
         """
-        return read_checkpoint(checkpoint, self.checkpoint_manager, template=self.state_dict)
+        manager = self.checkpoint_manager
+        if manager is not None and not isinstance(manager, CheckpointManager):
+            path = os.fsdecode(checkpoint) if isinstance(checkpoint, (str, bytes, os.PathLike)) else None
+            if path is not None and not path.endswith(".safetensors"):
+                return manager.load_checkpoint(path)  # a runner-bound manager reads its own format
+            manager = None
+        return read_checkpoint(checkpoint, manager, template=self.state_dict)
 
     @classmethod
     def read_config(cls, checkpoint: Any) -> RunnerConfig:
@@ -201,19 +220,20 @@ class RunnerCheckpointing:
         Restore a full checkpoint: state, model, EMA, optimizer, scheduler, dataloaders (in that order).
 
         Each component goes through its overridable hook (``load_state_dict``, ``load_model``,
-        ``load_ema``, ``load_optimizer``, ``load_scheduler``, ``load_dataloaders``).  A component the
-        runner has must be in the checkpoint; an entry the runner has no component for is ignored.  ``checkpoint.exclude_from_loading`` skips entries.  A path
-        input is remembered in ``config.resume``.
+        ``load_ema``, ``load_optimizer``, ``load_scheduler``, ``load_dataloaders``); the hook of a
+        component the runner lacks and the checkpoint lacks too is not called.  A component the
+        runner has must be in the checkpoint; an entry the runner has no component for is ignored.
+        The model comes from ``model``, else ``model_parts``.  ``checkpoint_exclude_from_loading()``
+        skips entries.  A path input is remembered in ``config.resume``.
         """
-        payload, excluded = apply_exclusions(
-            self.read_checkpoint(checkpoint), self.config.checkpoint.exclude_from_loading
-        )
+        payload, excluded = apply_exclusions(self.read_checkpoint(checkpoint), self.checkpoint_exclude_from_loading())
         if "runner" in excluded:
             payload = {key: value for key, value in payload.items() if key != "runner"}
         self.load_state_dict(payload)
         if not excluded.intersection(MODEL_KEYS):
-            if payload.get("model") is not None:
-                self.load_model(payload["model"])
+            weights = payload.get("model") if payload.get("model") is not None else payload.get("model_parts")
+            if weights is not None:
+                self.load_model(weights)
             elif self.model is not None:
                 raise ValueError(
                     "cannot restore model: checkpoint has no model state\n"
@@ -228,10 +248,16 @@ class RunnerCheckpointing:
         if isinstance(checkpoint, (str, bytes, os.PathLike)):
             manager = self.checkpoint_manager
             source = os.fsdecode(checkpoint)
+            resolvable = isinstance(manager, CheckpointManager) and not manager.is_collective
             # remember where the state came from, not a name that means another file in another run
-            self.config.resume = (
-                manager.resolve(source) if manager is not None and not manager.is_collective else source
-            )
+            self.config.resume = manager.resolve(source) if resolvable else source
+
+    def checkpoint_exclude_from_loading(self) -> tuple[tuple[str, ...], ...]:
+        r"""
+        The entries ``load_checkpoint`` leaves alone: ``checkpoint.exclude_from_loading`` as paths
+        (``"lr_scheduler"`` -> ``("scheduler",)``, ``"state.train"`` -> ``("state", "train")``).
+        """
+        return exclusion_paths(self.config.checkpoint.exclude_from_loading)
 
     def _load_component(self, component: str, label: str, state: Any) -> None:
         load_component(getattr(self, component), component, label, state)
@@ -313,6 +339,12 @@ class RunnerCheckpointing:
             self.load_checkpoint(resume)
         elif auto_resume:
             manager = self.checkpoint_manager
+            if manager is not None and not isinstance(manager, CheckpointManager):
+                raise ValueError(
+                    f"auto_resume needs a checkpoint manager that can find this run's 'latest' checkpoint; "
+                    f"{type(manager).__name__} is not a danling CheckpointManager: set `resume` to a checkpoint "
+                    "it can load instead"
+                )
             # exists() counts a dangling alias: it must fail loudly in load_checkpoint, not restart silently
             if manager is not None and manager.exists("latest"):
                 self.load_checkpoint(manager.resolve("latest") if not manager.is_collective else "latest")

@@ -165,11 +165,13 @@ def build_dataloader(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     world_size: int = 1,
     rank: int = 0,
+    sampler: Sampler | None = None,
 ) -> StatefulDataLoader:
     r"""
     A ``StatefulDataLoader`` over ``dataset`` with its own sampler and generator.
 
-    ``kwargs`` are ``StatefulDataLoader`` arguments; ``shuffle`` goes to the sampler.
+    ``kwargs`` are ``StatefulDataLoader`` arguments; ``shuffle`` goes to the sampler.  A given
+    ``sampler`` is used as it is (``shuffle`` is then its business); otherwise one is chosen here.
 
     Examples:
         >>> loader = build_dataloader(list(range(6)), {"batch_size": 2, "shuffle": False})
@@ -184,6 +186,8 @@ def build_dataloader(
     if kwargs.get("batch_size", 1) is None and collate_fn is default_collate:
         collate_fn = None  # no batching: items pass through as they are (``default_convert``)
     shuffle = bool(kwargs.pop("shuffle", False))
+    if sampler is not None:
+        return _stateful_loader(dataset, collate_fn, sampler=sampler, **kwargs)
     batched = kwargs.get("batch_size", 1) is not None
     if (
         shuffle

@@ -23,6 +23,8 @@ from torch import distributed as dist
 from .utils import get_rank, get_world_size
 
 __all__ = [
+    "PROCESS_GROUP_OWNED",
+    "all_reduce",
     "all_reduce_sum",
     "any_rank",
     "average_gradients",
@@ -30,10 +32,15 @@ __all__ = [
     "destroy_process_group",
     "get_rank",
     "get_world_size",
+    "group_size",
     "init_process_group_from_env",
     "is_initialized",
     "reduction_device",
+    "set_group_timeout",
 ]
+
+#: The documented refusal of a default process group that someone else started.
+PROCESS_GROUP_OWNED = "default process group is already initialized; Runner requires owning process-group lifecycle"
 
 
 def is_initialized() -> bool:
@@ -78,11 +85,91 @@ def destroy_process_group() -> None:
         warnings.warn(f"failed to destroy default process group: {error}", RuntimeWarning, stacklevel=2)
 
 
-def reduction_device(default: torch.device | None = None) -> torch.device:
-    """Device collectives of the default group need: ``default`` (or CUDA) for NCCL, else the CPU."""
-    if is_initialized() and "nccl" in str(dist.get_backend()).lower() and torch.cuda.is_available():
-        return default if default is not None and default.type == "cuda" else torch.device("cuda")
+def reduction_device(default: torch.device | None = None, group: Any = None) -> torch.device:
+    r"""
+    Device the collectives of ``group`` (default: the default group) need: CUDA for NCCL, else the CPU.
+
+    For NCCL it is ``default`` when that is a CUDA device, else the current CUDA device.
+
+    Examples:
+        >>> reduction_device()  # no process group
+        device(type='cpu')
+    """
+    if not is_initialized():
+        return torch.device("cpu")
+    try:
+        backend = str(dist.get_backend(group)).lower()
+    except (RuntimeError, ValueError):  # a group this rank is not part of
+        return torch.device("cpu")
+    if "nccl" in backend and torch.cuda.is_available():
+        if default is not None and default.type == "cuda":
+            return default
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def group_size(group: Any = None) -> int:
+    r"""
+    Processes in ``group`` (default: the default group); 1 without a process group.
+
+    Examples:
+        >>> group_size()
+        1
+    """
+    if not is_initialized():
+        return 1
+    return max(dist.get_world_size(group), 1)
+
+
+def all_reduce(tensor: torch.Tensor, op: Any = None, group: Any = None) -> torch.Tensor:
+    r"""
+    Reduce ``tensor`` over ``group`` in place (``op`` defaults to a sum) and return it; a no-op without a group.
+
+    Examples:
+        >>> all_reduce(torch.tensor([1.0, 2.0]))
+        tensor([1., 2.])
+    """
+    if is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op is None else op, group=group)
+    return tensor
+
+
+def set_group_timeout(seconds: float, group: Any = None) -> bool:
+    r"""
+    Set the timeout of every later collective of ``group`` (default: the default group).
+
+    All ranks of the group meet at a barrier first, so no rank starts using the new timeout
+    while a peer is still inside an operation that the old one was sized for.  Returns whether
+    the timeout changed; without a process group there is nothing to change.  A torch that
+    cannot change a group's timeout gets a ``RuntimeWarning`` and ``False``.
+
+    Examples:
+        >>> set_group_timeout(60)  # no process group
+        False
+    """
+    if not is_initialized():
+        return False
+    if seconds <= 0:
+        raise ValueError(f"comm.train_timeout_seconds must be a positive number of seconds, got {seconds}")
+    setter = getattr(dist, "set_timeout", None) or getattr(dist.distributed_c10d, "_set_pg_timeout", None)
+    if setter is None:
+        warnings.warn(
+            "torch.distributed cannot change a process group's timeout in this torch version; "
+            "comm.train_timeout_seconds is not applied",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    if reduction_device(group=group).type == "cuda":  # NCCL: name the device the barrier runs on
+        dist.barrier(group=group, device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier(group=group)
+    try:
+        setter(timedelta(seconds=seconds), group)
+    except Exception as error:  # a backend without mutable timeouts (MPI, UCC) must not stop training
+        warnings.warn(f"failed to change the process-group timeout: {error}", RuntimeWarning, stacklevel=2)
+        return False
+    return True
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

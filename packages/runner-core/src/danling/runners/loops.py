@@ -139,13 +139,13 @@ def train_epochs(runner: TorchRunner, train_splits: Sequence[str], evaluate_spli
             result[split] = evaluate_pass(split)
         runner.step_epoch_scheduler(result)
         runner.append_result(result, index=epoch)
-        print(format_epoch_line(result, epoch + 1, total))
+        print(runner.format_epoch_result(result, epoch, total))
         runner.save_result()
         state.epoch = epoch + 1
         loop.done.clear()
         stop = runner.should_stop_early()
         if epoch + 1 < total and not stop:
-            runner.save_checkpoint()  # the final save below covers the last epoch
+            runner.save_checkpoint(epochs=epoch)  # the final save below covers the last epoch
         if stop:
             print("train: early-stop triggered")
             break
@@ -171,7 +171,7 @@ def train_epoch(runner: TorchRunner, split: str = "train") -> RoundDict:
             loop.batches[split] = iteration + 1
             progress.advance()
             if progress.due(iteration):
-                runner.step_log(split, iteration + 1, length, progress=progress)
+                runner.step_log(split, iteration, None if length is None else length - 1)
         loop.end_pass(split)
         loop.finish(split)  # before the partial-window step, which may be checkpointed
         runner.flush_gradients()
@@ -302,7 +302,8 @@ def _after_update(runner: TorchRunner, split: str, turn: _Turn) -> None:
     if turn.checkpoint_interval > 0 and step % turn.checkpoint_interval == 0:
         runner.save_checkpoint()
     if progress.interval > 0 and (step % progress.interval == 0 or step == turn.target):
-        runner.step_log(split, step, runner.steps, progress=progress)
+        # numbered within the turn: the turn's first optimizer step is 0, its last is ``total - 1``
+        runner.step_log(split, step - (turn.target - progress.total) - 1, progress.total - 1)
 
 
 # evaluation and inference
@@ -330,7 +331,7 @@ def evaluate_epoch(runner: TorchRunner, split: str = "val", steps: int | None = 
                 loss_meter.update(loss, n=normalizer or 1)
             progress.advance()
             if progress.due(consumed):
-                runner.step_log(split, consumed + 1, total, progress=progress)
+                runner.step_log(split, consumed, None if total is None else total - 1)
             consumed += 1
     finally:
         progress.close()

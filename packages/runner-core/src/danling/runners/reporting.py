@@ -34,6 +34,7 @@ __all__ = [
     "format_step_line",
     "is_interactive",
     "log_to_files",
+    "step_prefix",
     "write_scalars",
 ]
 
@@ -72,6 +73,18 @@ def format_result(result: Mapping[str, Any], spec: str = ".4f") -> str:
     return "\n".join(lines)
 
 
+def step_prefix(mode: str, split: str, iteration: int, length: int | str | None) -> str:
+    r"""
+    The start of a progress line: what the runner does, on which split, how far (``None``: unknown length).
+
+    Examples:
+        >>> step_prefix("evaluate", "val", 3, 8), step_prefix("infer", "test", 3, None)
+        ('evaluating on val [3/8]', 'inferring on test [3/∞]')
+    """
+    verb = _VERBS.get(str(mode), f"running in {mode}")
+    return f"{verb} on {split} [{iteration}/{'∞' if length is None else length}]"
+
+
 def format_step_line(mode: str, split: str, iteration: int, length: int | None, result: Mapping[str, Any]) -> str:
     r"""
     A progress line: ``training on train [12/100]\tloss: 0.4000``.
@@ -80,8 +93,7 @@ def format_step_line(mode: str, split: str, iteration: int, length: int | None, 
         >>> format_step_line("train", "train", 12, None, {"loss": 0.4})
         'training on train [12/∞]\tloss: 0.4000'
     """
-    verb = _VERBS.get(str(mode), f"running in {mode}")
-    return f"{verb} on {split} [{iteration}/{'∞' if length is None else length}]\t{format_result(result)}"
+    return f"{step_prefix(mode, split, iteration, length)}\t{format_result(result)}"
 
 
 def format_epoch_line(result: Mapping[str, Any], epoch: int | None, total_epochs: int | None) -> str:
@@ -132,6 +144,7 @@ class LoopProgress:
             file only (the bar already shows the numbers).
         stream: Where the bar draws; ``None`` means no bar (plain lines).
         start: Iterations already done (a resumed loop).
+        clock: Seconds on a monotonic clock (``time.perf_counter``), for the time per iteration.
 
     Examples:
         >>> lines = []
@@ -151,12 +164,15 @@ class LoopProgress:
         emit: Callable[[str, bool], None],
         stream: IO | None = None,
         start: int = 0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.total = total
         self.interval = interval
         self.emit = emit
-        self.last_time = time.perf_counter()
+        self.clock = clock
+        self.last_time = clock()
         self.last_iteration = start - 1
+        self.closed = False
         self.bar = None
         if stream is not None:
             self.bar = tqdm(total=total, initial=start, desc=description, file=stream, leave=False, dynamic_ncols=True)
@@ -174,7 +190,7 @@ class LoopProgress:
 
     def seconds_per_iteration(self, iteration: int) -> float:
         """Wall time per iteration since the previous call."""
-        now = time.perf_counter()
+        now = self.clock()
         elapsed = (now - self.last_time) / max(iteration - self.last_iteration, 1)
         self.last_time, self.last_iteration = now, iteration
         return elapsed
@@ -188,6 +204,7 @@ class LoopProgress:
         self.emit(line, False)
 
     def close(self) -> None:
+        self.closed = True
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -63,14 +63,37 @@ def read_checkpoint(checkpoint: Any, manager: Any = None, *, template: Any = Non
     return manager.load(path, template=template)
 
 
+def exclusion_paths(entries: str | Sequence[str | Sequence[str]] | None) -> tuple[tuple[str, ...], ...]:
+    r"""
+    ``checkpoint.exclude_from_loading`` as paths: each entry split on ``.``, its first part's alias resolved.
+
+    An entry that is already a sequence of parts is taken as split.
+
+    Examples:
+        >>> exclusion_paths(["lr_scheduler", "state.train", "", ("data_loader",)])
+        (('scheduler',), ('state', 'train'), ('dataloaders',))
+        >>> exclusion_paths("optimizer"), exclusion_paths(None)
+        ((('optimizer',),), ())
+    """
+    entries = [entries] if isinstance(entries, str) else list(entries or [])
+    paths = []
+    for entry in entries:
+        parts = str(entry).split(".") if isinstance(entry, str) else [str(part) for part in entry]
+        parts = [part for part in parts if part]
+        if parts:
+            paths.append((COMPONENT_ALIASES.get(parts[0], parts[0]), *parts[1:]))
+    return tuple(paths)
+
+
 def apply_exclusions(
-    payload: Mapping[str, Any], entries: str | Sequence[str] | None
+    payload: Mapping[str, Any], entries: str | Sequence[str | Sequence[str]] | None
 ) -> tuple[dict[str, Any], set[str]]:
     r"""
     ``payload`` without the entries ``entries`` names, and the set of excluded top-level components.
 
     A top-level name (``"optimizer"``, ``"dataloader"`` ...) skips that component; a dotted
-    name (``"state.train"``) drops the nested key.  The input is never modified.
+    name (``"state.train"``, or the path ``("state", "train")``) drops the nested key.  The
+    input is never modified.
 
     Examples:
         >>> payload = {"state": {"train": {"global_step": 4}, "rng": {}}, "optimizer": {}}
@@ -78,13 +101,8 @@ def apply_exclusions(
         >>> kept["state"], sorted(excluded), "train" in payload["state"]
         ({'rng': {}}, ['scheduler'], True)
     """
-    entries = [entries] if isinstance(entries, str) else list(entries or [])
     payload, excluded = dict(payload), set()
-    for entry in entries:
-        parts = [part for part in str(entry).split(".") if part]
-        if not parts:
-            continue
-        parts[0] = COMPONENT_ALIASES.get(parts[0], parts[0])
+    for parts in exclusion_paths(entries):
         if len(parts) == 1:
             excluded.add(parts[0])
             continue

@@ -5,6 +5,7 @@
 ``ParallelRunner`` when their distributions are installed).  Subclass ``Runner`` to write a
 training script once and switch backends from the config: ``class MyRunner(Runner)`` runs on
 whichever backend ``config.stack`` names, with ``MyRunner``'s methods taking precedence.
+``RUNNER_REGISTRY`` is the read-only ``{stack: runner class}`` view of what is installed.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base_runner import BaseRunner
-from .registry import normalize_stack_name, resolve_runner_class
+from .registry import RUNNER_REGISTRY, normalize_stack_name, resolve_runner_class
 
-__all__ = ["Runner"]
+__all__ = ["RUNNER_REGISTRY", "Runner"]
 
 _COMBINED: dict[tuple[type, type], type] = {}
 

@@ -20,8 +20,9 @@ mapping input is passed as keyword arguments (``model(**x)``).  Override ``train
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import Any
@@ -32,20 +33,21 @@ from torch.utils.data.dataloader import default_collate
 
 from danling.data import to_device
 from danling.metrics import RoundDict
-from danling.optim import BuiltScheduler
+from danling.optim import BuiltScheduler, normalize_scheduler_interval
 
 from . import loops
 from .base_runner import BaseRunner
 from .checkpoints import fresh_entries
 from .config import RunnerConfig
-from .dataloaders import build_dataloader, loader_kwargs
+from .dataloaders import build_dataloader, build_sampler, loader_kwargs
 from .distributed import (
+    PROCESS_GROUP_OWNED,
     average_gradients,
     broadcast_object,
-    destroy_process_group,
     init_process_group_from_env,
     is_initialized,
 )
+from .distributed import destroy_process_group as destroy_default_group
 from .optim import build_optimizer, build_scheduler, monitored_metric, wrap_scheduler
 from .parallelize import apply_activation_checkpointing, apply_compile, apply_ddp
 from .registry import normalize_stack_name
@@ -112,6 +114,7 @@ class TorchRunner(BaseRunner):
         self.build_optimizer()
         self.build_scheduler()
         self.build_optimizer_container()
+        self.set_module_modes()  # the model and EMA start in the runner's mode, whatever mode they were built in
         self.init_checkpoint_manager()
         self.auto_restore()
         super().__post_init__()
@@ -120,6 +123,8 @@ class TorchRunner(BaseRunner):
 
     def init_distributed(self) -> None:
         """Start the process group when launched with ``WORLD_SIZE > 1`` (``torchrun``); share rank 0's run identity."""
+        if int(os.getenv("WORLD_SIZE", "1")) > 1 and is_initialized() and not self.adopts_process_group:
+            raise RuntimeError(f"{PROCESS_GROUP_OWNED}; set `adopt_process_group: true` to use the existing group")
         self.owns_process_group = init_process_group_from_env(
             backend=self.config.get("backend"),
             init_method=self.config.get("init_method"),
@@ -145,11 +150,24 @@ class TorchRunner(BaseRunner):
 
     @mode.setter
     def mode(self, mode: RunnerMode | str) -> None:
-        # Applied even when the mode does not change: a model built in eval mode must still train in train mode.
-        self._mode = mode = RunnerMode(mode)
+        # The current mode changes nothing (``__post_init__`` put the modules in it): a module a user
+        # switched by hand stays as it is until the mode really changes.
+        mode = RunnerMode(mode)
+        if mode == self._mode:
+            return
+        self._mode = mode
+        self.set_module_modes()
+
+    def set_module_modes(self) -> None:
+        """Put the model and the EMA in training mode in ``train`` mode, in evaluation mode otherwise."""
         for module in (self.model, self.ema):
             if isinstance(module, nn.Module):
-                module.train(mode == RunnerMode.train)
+                module.train(self._mode == RunnerMode.train)
+
+    @property
+    def adopts_process_group(self) -> bool:
+        """Whether a default process group someone else started is used (``config.adopt_process_group``; unset: yes)."""
+        return self.config.get("adopt_process_group") is not False
 
     def set_seed(self, seed: int | None = None, bias: int | bool | None = None) -> int:
         """Like ``BaseRunner.set_seed``; without a seed, draw one on rank 0 and share it."""
@@ -175,13 +193,22 @@ class TorchRunner(BaseRunner):
         """A ``StatefulDataLoader`` for each dataset without a loader (see ``danling.runners.dataloaders``)."""
         config = self.config.get("dataloader") if "dataloader" in self.config else None
         train_splits, splits = set(self.train_splits), set(self.datasets)
+        custom_sampler = type(self).build_datasampler is not TorchRunner.build_datasampler
         for split, dataset in self.datasets.items():
             if split in self.dataloaders:
                 continue
             kwargs = loader_kwargs(config, split, is_train=split in train_splits, splits=splits)
+            # an overridden build_datasampler decides; otherwise the loader picks (a faster batch sampler when it can)
+            sampler = None
+            if custom_sampler:
+                sampler = self.build_datasampler(dataset, split=split, shuffle=kwargs["shuffle"])
             self.dataloaders[split] = build_dataloader(
-                dataset, kwargs, collate_fn=self.collate_fn, world_size=self.world_size, rank=self.rank
+                dataset, kwargs, collate_fn=self.collate_fn, world_size=self.world_size, rank=self.rank, sampler=sampler
             )
+
+    def build_datasampler(self, dataset: Any, *, split: str, shuffle: bool) -> Any:
+        """The sampler of ``split``'s loader: this rank's shard when distributed, else shuffled or in order."""
+        return build_sampler(dataset, shuffle=shuffle, world_size=self.world_size, rank=self.rank)
 
     #: How samples become a batch (``default_collate``); override with a static method for custom batching.
     collate_fn = staticmethod(default_collate)
@@ -214,7 +241,17 @@ class TorchRunner(BaseRunner):
         """``self.optimizer`` from ``config.optim`` (or ``config.optimizer``) unless already set."""
         optim_config = self.config.get("optim") or self.config.get("optimizer")
         if self.optimizer is None and isinstance(optim_config, Mapping) and optim_config:
-            self.optimizer = build_optimizer(self.unwrap(self.model).named_parameters(), optim_config)
+            self.optimizer = build_optimizer(self.iter_optimizer_named_parameters(), optim_config)
+
+    def iter_optimizer_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of the unwrapped model, each parameter once (frozen ones too): what the optimizer gets."""
+        if self.model is not None:
+            yield from self.unwrap(self.model).named_parameters()  # shared parameters appear once
+
+    def iter_optimizer_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters of ``iter_optimizer_named_parameters()``."""
+        for _, parameter in self.iter_optimizer_named_parameters():
+            yield parameter
 
     @property
     def scheduler_config(self) -> Mapping[str, Any] | None:
@@ -327,6 +364,8 @@ class TorchRunner(BaseRunner):
         applied = self.optimizer_container.step()
         if applied:
             self.train_state.global_step += 1
+            if not self._train_timeout_applied:
+                self.apply_train_timeout()  # once, after the first applied step of this process
         return applied
 
     def flush_gradients(self) -> bool:
@@ -353,8 +392,43 @@ class TorchRunner(BaseRunner):
         """Step a per-epoch scheduler after a round; metric schedulers get ``scheduler.monitor`` from ``result``."""
         if self.optimizer_container is None:
             return False
-        monitor = (self.schedule.monitor if self.schedule is not None else None) or self.config.score_name
+        monitor = self.scheduler_monitor
         return self.optimizer_container.step_scheduler(lambda: monitored_metric(result, monitor, self.score_split))
+
+    @property
+    def scheduler_interval(self) -> str:
+        """When the scheduler steps: ``"step"`` (every applied optimizer step) or ``"epoch"`` (every epoch or round)."""
+        return self.schedule.interval if self.schedule is not None else "step"
+
+    @scheduler_interval.setter
+    def scheduler_interval(self, interval: str) -> None:
+        schedule = self._require_schedule("scheduler_interval")
+        interval = normalize_scheduler_interval(interval, requires_metric=schedule.requires_metric)
+        self._set_schedule(dataclasses.replace(schedule, interval=interval))
+
+    @property
+    def scheduler_monitor(self) -> str | None:
+        """The metric a metric scheduler steps on (``sched.monitor``, else ``score_name``); ``None`` for others."""
+        if self.schedule is None:
+            return None
+        if self.schedule.monitor is None and self.schedule.requires_metric:
+            return self.config.score_name
+        return self.schedule.monitor
+
+    @scheduler_monitor.setter
+    def scheduler_monitor(self, monitor: str | None) -> None:
+        schedule = self._require_schedule("scheduler_monitor")
+        self._set_schedule(dataclasses.replace(schedule, monitor=None if monitor is None else str(monitor)))
+
+    def _require_schedule(self, name: str) -> BuiltScheduler:
+        if self.schedule is None:
+            raise ValueError(f"cannot set {name}: the runner has no scheduler")
+        return self.schedule
+
+    def _set_schedule(self, schedule: BuiltScheduler) -> None:
+        self.schedule = schedule
+        if self.optimizer_container is not None:
+            self.optimizer_container.scheduler = schedule
 
     # evaluation and inference steps
 
@@ -466,6 +540,10 @@ class TorchRunner(BaseRunner):
         return drained
 
     def _release_process_group(self) -> None:
+        self.destroy_process_group()
+
+    def destroy_process_group(self) -> None:
+        """Destroy the default process group if this runner started it (``close`` calls this; a group it adopted stays)."""
         if self.owns_process_group:
-            destroy_process_group()
+            destroy_default_group()
             self.owns_process_group = False
