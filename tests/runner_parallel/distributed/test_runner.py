@@ -142,7 +142,7 @@ def test_one_process_run_resumes_and_continues_identically(runs):
     runner.train()
     continued = full_parameters(runner)
     runner.close()
-    assert max(float((continued[name] - p).abs().max()) for name, p in model.named_parameters()) < 1e-5
+    assert max(float((continued[name] - p.detach()).abs().max()) for name, p in model.named_parameters()) < 1e-5
 
 
 def test_export_loads_as_pretrained_in_a_torch_runner(runs):
