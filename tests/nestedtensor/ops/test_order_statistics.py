@@ -223,3 +223,16 @@ def test_large_elements_on_the_cpu_run_one_native_call_each():
     q = torch.tensor([0.1, 0.9])
     expected = torch.stack([torch.nanquantile(t.reshape(-1), q) for t in tensors], 1)
     torch.testing.assert_close(torch.nanquantile(nested, q, dim=1, interpolation="linear"), expected)
+    along = torch.stack([torch.nanquantile(t, q, dim=0, keepdim=True) for t in tensors], 1)
+    torch.testing.assert_close(torch.nanquantile(nested, q, dim=0, keepdim=True), along)
+
+
+@pytest.mark.parametrize("name", QUANTILES)
+def test_quantile_ranks_carry_float64_precision_like_torch(name):
+    tensors = [torch.arange(11.0), torch.arange(5.0) * 1e7]  # 0.3 of rank 10 is just above 3 in float64
+    op = getattr(torch, name)
+    for interpolation in INTERPOLATIONS:
+        with forbid_slow_paths():
+            result = op(NestedTensor(tensors), torch.tensor([0.3, 0.7]), dim=1, interpolation=interpolation)
+        expected = torch.stack([op(t, torch.tensor([0.3, 0.7]), interpolation=interpolation) for t in tensors], 1)
+        assert torch.equal(result, expected), (interpolation, result, expected)
