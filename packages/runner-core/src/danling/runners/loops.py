@@ -166,12 +166,14 @@ def train_epoch(runner: TorchRunner, split: str = "train") -> RoundDict:
     meters, weigh = _training_meters(runner), runner.weighs_micro_batches
     try:
         for batch in loader:
-            iteration = loop.batches[split]
+            iteration, step_before = loop.batches[split], runner.train_state.global_step
             _train_batch(runner, batch, meters, weigh)
             loop.batches[split] = iteration + 1
             progress.advance()
             if progress.due(iteration):
                 runner.step_log(split, iteration, None if length is None else length - 1)
+            if runner.train_state.global_step != step_before and runner.stop_requested():
+                runner.shut_down_on_signal()  # after the bookkeeping: the checkpoint resumes at the next batch
         loop.end_pass(split)
         loop.finish(split)  # before the partial-window step, which may be checkpointed
         runner.flush_gradients()
@@ -304,6 +306,8 @@ def _after_update(runner: TorchRunner, split: str, turn: _Turn) -> None:
     if progress.interval > 0 and (step % progress.interval == 0 or step == turn.target):
         # numbered within the turn: the turn's first optimizer step is 0, its last is ``total - 1``
         runner.step_log(split, step - (turn.target - progress.total) - 1, progress.total - 1)
+    if runner.stop_requested():
+        runner.shut_down_on_signal()
 
 
 # evaluation and inference

@@ -51,6 +51,7 @@ from .distributed import destroy_process_group as destroy_default_group
 from .optim import build_optimizer, build_scheduler, monitored_metric, wrap_scheduler
 from .parallelize import apply_activation_checkpointing, apply_compile, apply_ddp
 from .registry import normalize_stack_name
+from .services import RunnerServices
 from .step import (
     NO_CONTEXT,
     OptimizerContainer,
@@ -65,7 +66,7 @@ from .utils import RunnerMode
 __all__ = ["TorchRunner"]
 
 
-class TorchRunner(BaseRunner):
+class TorchRunner(RunnerServices, BaseRunner):
     r"""
     PyTorch runner: epoch- or step-mode training, evaluation, inference, checkpoints and exact resume.
 
@@ -109,14 +110,17 @@ class TorchRunner(BaseRunner):
 
     def __post_init__(self) -> None:
         self.require_model()
+        self.init_services()
         self.build_dataloaders()
         self.materialize_model()
+        self.init_ema()
         self.build_optimizer()
         self.build_scheduler()
         self.build_optimizer_container()
         self.set_module_modes()  # the model and EMA start in the runner's mode, whatever mode they were built in
         self.init_checkpoint_manager()
         self.auto_restore()
+        self.init_profiler()
         super().__post_init__()
 
     # processes and device
@@ -167,7 +171,7 @@ class TorchRunner(BaseRunner):
     @property
     def adopts_process_group(self) -> bool:
         """Whether a default process group someone else started is used (``config.adopt_process_group``; unset: yes)."""
-        return self.config.get("adopt_process_group") is not False
+        return True
 
     def set_seed(self, seed: int | None = None, bias: int | bool | None = None) -> int:
         """Like ``BaseRunner.set_seed``; without a seed, draw one on rank 0 and share it."""
@@ -366,6 +370,7 @@ class TorchRunner(BaseRunner):
             self.train_state.global_step += 1
             if not self._train_timeout_applied:
                 self.apply_train_timeout()  # once, after the first applied step of this process
+            self.after_optimizer_step()
         return applied
 
     def flush_gradients(self) -> bool:
@@ -435,7 +440,7 @@ class TorchRunner(BaseRunner):
     def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
         """Forward (with the EMA model if there is one), loss and metrics; no gradients."""
         data = self.to_device(data)
-        pred, target, loss = self._forward(self.ema if self.ema is not None else self.model, data)
+        pred, target, loss = self._forward(self.evaluation_model, data)
         if self.metrics is not None and target is not None:
             self.metrics.update(pred, target)
         return pred, loss
@@ -444,7 +449,7 @@ class TorchRunner(BaseRunner):
     def infer_step(self, data: Any) -> list[Any]:
         """Predictions of one batch as a list (``pred.squeeze(-1)``: one number per sample for scalar outputs)."""
         data = self.to_device(data)
-        model = self.ema if self.ema is not None else self.model
+        model = self.evaluation_model
         inputs, _ = split_batch(data)
         with self.forward_context():
             pred = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
@@ -470,7 +475,8 @@ class TorchRunner(BaseRunner):
         if not train_splits:
             raise ValueError("cannot start training: no valid training split was resolved")
         evaluate_splits = self._resolve_splits(evaluate_splits, self.evaluate_splits, "evaluation")
-        return loops.train(self, train_splits, evaluate_splits)
+        with self.profiling():
+            return loops.train(self, train_splits, evaluate_splits)
 
     @loops.loop_entry
     def train_epochs(self, train_splits: Sequence[str], evaluate_splits: Sequence[str]) -> RoundDict:
@@ -533,8 +539,10 @@ class TorchRunner(BaseRunner):
         try:
             drained = super().close(timeout)
         except BaseException:
+            self.close_services()
             self._release_process_group()
             raise
+        self.close_services()
         if drained:
             self._release_process_group()
         return drained
