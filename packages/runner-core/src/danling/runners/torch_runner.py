@@ -171,7 +171,7 @@ class TorchRunner(RunnerServices, BaseRunner):
     @property
     def adopts_process_group(self) -> bool:
         """Whether a default process group someone else started is used (``config.adopt_process_group``; unset: yes)."""
-        return True
+        return self.config.get("adopt_process_group") is not False
 
     def set_seed(self, seed: int | None = None, bias: int | bool | None = None) -> int:
         """Like ``BaseRunner.set_seed``; without a seed, draw one on rank 0 and share it."""
