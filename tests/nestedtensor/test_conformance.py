@@ -21,18 +21,8 @@ from .harness import check_op
 from .strategies import assert_elements, ragged_batches
 
 DOCUMENTED_STATE_KEYS = (
-    "_state_version",
-    "_values",
-    "_offsets",
-    "_permutation",
-    "_physical_shape",
-    "_logical_shape",
-    "batch_first",
-    "padding_value",
-    "mask_value",
-    "_pin_memory",
-    "_packed_sizes",
-    "_element_shapes",
+    *("_state_version", "_values", "_offsets", "_permutation", "_physical_shape", "_logical_shape"),
+    *("batch_first", "padding_value", "mask_value", "_pin_memory", "_packed_sizes", "_element_shapes"),
 )
 
 

@@ -16,20 +16,10 @@ from torch import Tensor
 from ._layout import NestedLayout
 
 STATE_VERSION = 1
-REQUIRED_KEYS = (
-    "_state_version",
-    "_values",
-    "_offsets",
-    "_permutation",
-    "_physical_shape",
-    "_logical_shape",
-    "batch_first",
-    "padding_value",
-    "mask_value",
-    "_pin_memory",
-    "_packed_sizes",
-    "_element_shapes",
-)
+_PACKING_KEYS = ("_values", "_offsets", "_permutation", "_physical_shape", "_logical_shape")
+_SETTING_KEYS = ("batch_first", "padding_value", "mask_value")
+_CACHED_KEYS = ("_pin_memory", "_packed_sizes", "_element_shapes")
+REQUIRED_KEYS = ("_state_version", *_PACKING_KEYS, *_SETTING_KEYS, *_CACHED_KEYS)
 """The documented state keys, in the documented order; ``nested_state`` writes exactly these."""
 
 
