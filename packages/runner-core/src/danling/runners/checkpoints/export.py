@@ -111,3 +111,22 @@ def load_model_state(path: PathStr, *, device: str | torch.device = "cpu") -> di
     for alias, target in aliases.items():
         state[alias] = state[target]
     return state
+
+
+def averaged_model_weights(state: Any) -> dict[str, torch.Tensor] | None:
+    r"""
+    The weights of the model inside an ``AveragedModel`` state dict (an EMA), without its counter.
+
+    ``AveragedModel.state_dict()`` holds ``module.{name}`` entries and ``n_averaged``; the export
+    holds ``{name}``, so it loads into the plain model.  ``None`` for anything else.
+
+    Examples:
+        >>> averaged_model_weights({"n_averaged": torch.tensor(3), "module.weight": torch.ones(1)})
+        {'weight': tensor([1.])}
+        >>> averaged_model_weights({"weight": torch.ones(1)}) is None
+        True
+    """
+    if not isinstance(state, Mapping) or "n_averaged" not in state:
+        return None
+    prefix = "module."
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}

@@ -32,10 +32,12 @@ from ..config import RunnerConfig
 from ..config_sections import CheckpointConfig
 from ..utils import is_main_process
 from .base import CheckpointManager, CheckpointNotFoundError, SaveRequest
-from .export import load_model_state, save_model_state
+from .export import averaged_model_weights, load_model_state, save_model_state
 from .layout import HISTORY, SUFFIX, CheckpointLayout
 
 MODEL_EXPORT = "model.safetensors"
+#: The weights of the runner's exponential moving average (``config.ema``), exported beside the model.
+EMA_EXPORT = "ema.safetensors"
 BEST = "best" + SUFFIX
 
 
@@ -203,6 +205,10 @@ class FileCheckpointManager(CheckpointManager):
         if request.export_model:
             self.export_model(request.payload["model"])
             aliases.append(MODEL_EXPORT)
+            averaged = averaged_model_weights(request.payload.get("ema"))
+            if averaged:
+                self.export_model(averaged, EMA_EXPORT)
+                aliases.append(EMA_EXPORT)
         self.record_success(data, tuple(aliases))
 
     def _point_best(self, data: str, superseded: list[str | None]) -> bool:
