@@ -50,7 +50,8 @@ _LAST = torch.iinfo(torch.int64).max
 
 
 class _Cells:
-    """Every value's cell of the result and the index reported for it, and the values ordered by cell, then value."""
+    """Reducing along a ragged dim or the batch dim: every value's cell of the result, the index reported for it,
+    and the values ordered by cell, then value."""
 
     def __init__(self, nt: NestedTensor, logical: int) -> None:
         values, device = nt._values, nt._values.device
@@ -84,14 +85,9 @@ class _Cells:
         batch = batch_dim(nt)
         if logical == batch:
             return flat_index(layout, values.device, padded=False)
-        element = logical - 1 if logical > batch else logical
-        along = layout.values_dim(element)
-        if along is None:
-            coordinate = layout.row_coordinates(values.device)[1 + layout.ragged_dims.index(element)]
-            return coordinate.view(-1, *(1,) * (values.dim() - 1))
-        shape = [1] * values.dim()
-        shape[along] = values.shape[along]
-        return torch.arange(values.shape[along], device=values.device).view(shape)
+        element = logical - 1 if logical > batch else logical  # a ragged dim: static ones never get here
+        coordinate = layout.row_coordinates(values.device)[1 + layout.ragged_dims.index(element)]
+        return coordinate.view(-1, *(1,) * (values.dim() - 1))
 
     def gather(self, rank: Tensor) -> Tensor:
         """Positions in ``values`` of the ``rank``-th value (per cell, broadcasting) in the sorted order."""
