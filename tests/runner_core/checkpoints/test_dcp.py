@@ -22,7 +22,7 @@ from danling.runners.checkpoints import (
     read_dcp_config,
     resolve_dcp_checkpoint,
 )
-from danling.runners.checkpoints.dcp import MANIFEST
+from danling.runners.checkpoints.dcp_structure import MANIFEST
 from danling.runners.config import RunnerConfig
 from tests.distributed import run_workers
 

@@ -8,7 +8,8 @@
   ``read_config`` for loading without a manager.
 - ``DCPCheckpointManager`` (``dcp``): ``torch.distributed.checkpoint`` directories written by every
   rank, named by ``latest``/``best``/history pointer files; ``load_dcp_checkpoint``,
-  ``resolve_dcp_checkpoint`` and ``read_dcp_config`` for loading without a manager.
+  ``resolve_dcp_checkpoint`` and ``read_dcp_config`` for loading without a manager;
+  ``dcp_structure`` keeps what DCP's flattening would lose (empty dicts, non-string keys).
 - ``CheckpointLayout`` (``layout``): data files written once under new names, aliases flipped
   atomically (relative symbolic links, hard links where those are unavailable).
 - ``save_model_state`` / ``load_model_state`` (``export``): model weights as safetensors.

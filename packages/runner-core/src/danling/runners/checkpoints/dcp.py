@@ -17,8 +17,8 @@ moment leaves each pointer naming a complete checkpoint.
 
 DCP stores tensors (``DTensor`` shards included, resharded on load) and pickles every other leaf
 as a bytes entry.  Its flattening loses two things a payload may hold, which are recorded in a
-small manifest entry and put back on load: empty dicts (an optimizer's ``state`` before its first
-step) and keys that are not strings (an optimizer's parameter ids).
+small manifest entry and put back on load (``dcp_structure``): empty dicts (an optimizer's
+``state`` before its first step) and keys that are not strings (an optimizer's parameter ids).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from torch.distributed import checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from ...utils import PathStr, atomic_write, remove_stale_temporaries
@@ -50,14 +49,13 @@ from ..config import RunnerConfig
 from ..config_sections import CheckpointConfig
 from ..distributed import broadcast_object, get_rank, is_initialized
 from .base import CheckpointManager, CheckpointNotFoundError, SaveRequest, collect_state
+from .dcp_structure import MANIFEST, add_missing_entries, map_tensors, record_structure, restore_structure
 from .export import save_model_state
 from .layout import CheckpointLayout
 
 POINTER = ".pointer"
 METADATA = ".metadata"
 MODEL_EXPORT = "model.safetensors"
-#: Payload entry holding what DCP's flattening loses (empty dicts, non-string keys).
-MANIFEST = "_danling_structure"
 #: History directories: ``ckpt-s000000000100``, or ``ckpt-s000000000100-{token}-{serial}`` for a repeated step.
 HISTORY_DIR = re.compile(r"^ckpt-[es]\d+(-[0-9a-f]{8}-\d{4})?$")
 #: Directories of saves without a history entry: ``{name}-{progress}-{token}-{serial}``.
@@ -138,7 +136,7 @@ def _read(path: str, keys: set[str] | None = None) -> dict[str, Any]:
     planner = _EmptyStateDictLoadPlanner(keys=None if keys is None else {*keys, MANIFEST})
     with _single_process_is_intended():
         _load_state_dict(state, storage_reader=FileSystemReader(path), planner=planner, no_dist=True)
-    return _restore_structure(state, keys)
+    return restore_structure(state, keys)
 
 
 def load_dcp_checkpoint(source: PathStr, directory: PathStr | None = None, *, map_location: Any = "cpu") -> dict:
@@ -149,7 +147,7 @@ def load_dcp_checkpoint(source: PathStr, directory: PathStr | None = None, *, ma
     """
     state = _read(resolve_dcp_checkpoint(source, directory))
     if map_location not in (None, "cpu") and map_location != torch.device("cpu"):
-        state = _map_tensors(state, lambda tensor: tensor.to(map_location))
+        state = map_tensors(state, lambda tensor: tensor.to(map_location))
     return state
 
 
@@ -166,126 +164,6 @@ def read_dcp_config(source: PathStr, directory: PathStr | None = None) -> Runner
     if state.get("runner") is None:
         raise ValueError(f"cannot read runner config: DCP checkpoint {path!r} has no 'runner' entry")
     return RunnerConfig(state["runner"])
-
-
-def _map_tensors(tree: Any, function: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return function(tree)
-    if isinstance(tree, Mapping):
-        return {key: _map_tensors(value, function) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [_map_tensors(value, function) for value in tree]
-    return tree
-
-
-def _terminal(value: Any) -> bool:
-    """Whether DCP's flattening stores ``value`` as one entry: anything but a mapping or a list holding those or tensors."""
-    if isinstance(value, Mapping):
-        return False
-    if not isinstance(value, list):
-        return True
-    return not any(isinstance(entry, (Mapping, torch.Tensor)) or not _terminal(entry) for entry in value)
-
-
-# what DCP's flattening loses
-
-
-def _structure(tree: Any, path: tuple = ()) -> list[tuple[tuple, list]]:
-    r"""
-    ``(path, non-string keys)`` of each dict in ``tree`` that is empty or has keys that are not strings.
-
-    Paths hold the original keys, outermost first, so parents come before their children.
-
-    Examples:
-        >>> _structure({"optimizer": {"state": {}, "param_groups": [{"params": [0, 1]}]}, "ids": {3: "a"}})
-        [(('optimizer', 'state'), []), (('ids',), [3])]
-    """
-    found: list[tuple[tuple, list]] = []
-    if isinstance(tree, Mapping):
-        odd = [key for key in tree if not isinstance(key, str)]
-        if path and (odd or not tree):
-            found.append((path, odd))
-        for key, value in tree.items():
-            found.extend(_structure(value, (*path, key)))
-    elif isinstance(tree, (list, tuple)):
-        for index, value in enumerate(tree):
-            found.extend(_structure(value, (*path, index)))
-    return found
-
-
-def _node(tree: dict, path: tuple) -> Any:
-    """The container at ``path`` in ``tree``, creating missing dicts and lists on the way.
-
-    A dict key and its string form are one key (DCP names every key by its string): a step with an
-    original, non-string key renames the string entry to it; a step by string finds an original key.
-    """
-    node: Any = tree
-    for index, part in enumerate(path):
-        default: Any = [] if index + 1 < len(path) and isinstance(path[index + 1], int) else {}
-        if isinstance(node, list):
-            node.extend([None] * (part + 1 - len(node)))
-            if node[part] is None:
-                node[part] = default
-            node = node[part]
-            continue
-        if part not in node:
-            existing = next((key for key in node if str(key) == str(part)), None)
-            if existing is not None and isinstance(part, str):
-                part = existing
-            elif existing is not None:
-                node[part] = node.pop(existing)
-        node = node.setdefault(part, default)
-    return node
-
-
-def _restore_structure(state: dict[str, Any], keys: set[str] | None = None) -> dict[str, Any]:
-    """Put back the empty dicts and non-string keys the manifest lists (those under ``keys``), drop the manifest."""
-    for path, odd in state.pop(MANIFEST, None) or ():
-        if keys is not None and path[0] not in keys:
-            continue
-        node = _node(state, path)
-        for key in odd:
-            if str(key) in node:
-                node[key] = node.pop(str(key))  # the loaded value wins over a template's stale one
-    return state
-
-
-def _leaf_paths(tree: Any, path: tuple = ()) -> set[tuple]:
-    """Paths of ``tree``'s entries as DCP's flattening names them (every mapping key a string)."""
-    if _terminal(tree) or isinstance(tree, torch.Tensor):
-        return {path}
-    if isinstance(tree, Mapping):
-        items: Any = ((str(key), value) for key, value in tree.items())
-    else:
-        items = enumerate(tree)
-    return set().union(*(_leaf_paths(value, (*path, key)) for key, value in items))
-
-
-def _set_path(tree: dict, path: tuple, value: Any) -> None:
-    parent = _node(tree, path[:-1])
-    last = path[-1]
-    if isinstance(parent, list):
-        parent.extend([None] * (last + 1 - len(parent)))
-    else:
-        last = next((key for key in parent if str(key) == last), last)
-    parent[last] = value
-
-
-def _add_missing_entries(state: dict[str, Any], metadata: Metadata) -> None:
-    """Give ``state`` a placeholder for every entry of the checkpoint it lacks, so that ``dcp.load`` reads it too.
-
-    A template holds what exists now; an optimizer that has not stepped has no moments yet, and a
-    component may have been added to the run since.  Missing tensors are read whole.
-    """
-    present = _leaf_paths(state)
-    for key, item in metadata.state_dict_metadata.items():
-        path = tuple((metadata.planner_data or {}).get(key, (key,)))
-        if path in present:
-            continue
-        if isinstance(item, TensorStorageMetadata):
-            _set_path(state, path, torch.empty(item.size, dtype=item.properties.dtype))
-        else:
-            _set_path(state, path, None)
 
 
 class DCPCheckpointManager(CheckpointManager):
@@ -376,7 +254,7 @@ class DCPCheckpointManager(CheckpointManager):
         self.wait()  # one save in flight: DCP's background save holds the async group and its staged copy
         target = self._target(request)
         payload = dict(request.payload)
-        payload[MANIFEST] = _structure(request.payload)
+        payload[MANIFEST] = record_structure(request.payload)
         writer = FileSystemWriter(os.path.join(self.directory, target), sync_files=self.config.fsync)
         if request.export_model:
             self.export_model(request.payload["model"])
@@ -531,12 +409,12 @@ class DCPCheckpointManager(CheckpointManager):
         if template is None:
             return load_dcp_checkpoint(path, map_location=map_location)
         state = collect_state(template())
-        _add_missing_entries(state, FileSystemReader(path).read_metadata())
+        add_missing_entries(state, FileSystemReader(path).read_metadata())
         # Entries the template has and the checkpoint lacks (a component added since) keep their values.
         planner = DefaultLoadPlanner(allow_partial_load=True)
         with _single_process_is_intended():
             dcp.load(state, storage_reader=FileSystemReader(path), planner=planner)
-        return _restore_structure(state)
+        return restore_structure(state)
 
     # lifecycle
 
