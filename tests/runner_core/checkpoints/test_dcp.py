@@ -193,6 +193,9 @@ def test_async_failures_are_recorded_and_raised_when_asked(tmp_path):
         manager.wait()
     assert manager.health.error_count == 1 and manager.health.last_failed_target == "ckpt-e000002"
     assert _pointer(tmp_path, "latest") == "ckpt-e000001"
+    manager.save({"model": {"weight": torch.full((2,), 3.0)}}, progress=3)  # raised once; saving goes on
+    assert manager.close() and _pointer(tmp_path, "latest") == "ckpt-e000003"
+    assert manager.health.error_count == 1 and manager.health.saved == 2
 
 
 def test_the_final_save_exports_the_model(tmp_path):

@@ -251,7 +251,7 @@ class DCPCheckpointManager(CheckpointManager):
     # saving
 
     def _persist(self, request: SaveRequest) -> None:
-        self.wait()  # one save in flight: DCP's background save holds the async group and its staged copy
+        self._drain()  # one save in flight: DCP's background save holds the async group and its staged copy
         target = self._target(request)
         payload = dict(request.payload)
         payload[MANIFEST] = record_structure(request.payload)
@@ -430,8 +430,7 @@ class DCPCheckpointManager(CheckpointManager):
         self._staging_future = None
         return True
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the save in flight is written and its pointers flipped; ``False`` on timeout."""
+    def _drain(self, timeout: float | None = None) -> bool:
         in_flight = self._in_flight
         if in_flight is not None:
             try:
@@ -439,8 +438,16 @@ class DCPCheckpointManager(CheckpointManager):
             except FutureTimeout:
                 return False
             self._in_flight = self._staging_future = None
-        self._raise_deferred_error()
         return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the save in flight is written and its pointers flipped; ``False`` on timeout.
+
+        Raises the error of a failed save when ``checkpoint.fail_on_error`` is set.
+        """
+        drained = self._drain(timeout)
+        self._raise_deferred_error()
+        return drained
 
     def close(self, timeout: float | None = None) -> bool:
         """Wait for the save in flight; ``False`` on timeout (call again to retry)."""
