@@ -2,9 +2,10 @@
 
 One pair of processes runs, in order:
 
-- FSDP2 (shard=-1 -> 2), 4 samples per rank: two epochs, a checkpoint after each, and the final
-  ``model.safetensors`` export;
+- FSDP2 (shard=-1 -> 2) with activation checkpointing, 4 samples per rank: two epochs, a
+  checkpoint after each, and the final ``model.safetensors`` export;
 - a fresh FSDP2 run that resumes the first run's epoch-1 checkpoint and trains epoch 2;
+- data parallel without FSDP (DDP over shard=2);
 - tensor parallel (tensor=2) on the example transformer: both ranks read the same 8 samples;
 - a resume of that tensor-parallel checkpoint on a shard=2 mesh, which must be refused.
 
@@ -34,7 +35,8 @@ from tests.runner_parallel.runners import (
 
 pytestmark = pytest.mark.distributed
 
-FSDP = {"fsdp": {"enabled": True}, "parallel": {"axes": {"shard": -1}}}
+# FSDP2 over every rank, each transformer block recomputing its activations in backward
+FSDP = {"fsdp": {"enabled": True}, "parallel": {"axes": {"shard": -1}}, "activation_checkpoint": True}
 
 
 def _plain(parameters):
@@ -50,6 +52,8 @@ def _workers(rank, world_size, root):
     first = TransformerRunner(
         config(f"{root}/fsdp", 4, checkpoint={"async_mode": "disabled", "last_save_model_only": True}, **FSDP)
     )
+    layer = first.model.layers[0]
+    results["wrapped"] = (type(layer).__name__, hasattr(layer.forward, "__danling_checkpointed__"))
     first.train()
     results["fsdp"] = _plain(full_parameters(first))
     results["checkpoints"] = first.checkpoint_manager.directory
@@ -61,6 +65,12 @@ def _workers(rank, world_size, root):
     resumed.train()
     results["resumed"] = _plain(full_parameters(resumed))
     resumed.close()
+
+    replicated = TransformerRunner(config(f"{root}/ddp", 4, parallel={"axes": {"shard": 2}}))
+    results["ddp wrapped"] = type(replicated.model).__name__
+    replicated.train()
+    results["ddp"] = _plain(full_parameters(replicated))
+    replicated.close()
 
     tensor = TransformerRunner(config(f"{root}/tensor", 8, parallel={"axes": {"tensor": 2}}))
     results["tensor sharded"] = type(tensor.model.layers[0].attention.wq.weight).__name__
@@ -100,7 +110,14 @@ def _difference(parameters, reference):
 def test_fsdp_training_equals_one_process(runs):
     _, references, workers = runs
     assert workers[0]["degrees"] == (2, 2, 0, 1, "full_shard") and workers[1]["degrees"][2] == 1
+    assert workers[0]["wrapped"] == ("FSDPTransformerBlock", True)
     assert max(_difference(worker["fsdp"], references[2]) for worker in workers) < 1e-5
+
+
+def test_data_parallel_without_fsdp_is_ddp_and_equals_one_process(runs):
+    _, references, workers = runs
+    assert workers[0]["ddp wrapped"] == "DistributedDataParallel"
+    assert max(_difference(worker["ddp"], references[2]) for worker in workers) < 1e-5
 
 
 def test_checkpoint_records_topology(runs):
