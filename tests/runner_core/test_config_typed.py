@@ -106,6 +106,9 @@ def test_touching_on_demand_sections_keeps_the_run_identity():
     parallel = RunnerConfig(stack="parallel")
     fsdp_on = RunnerConfig(stack="parallel", fsdp={"enabled": True})
     assert config_id(parallel) != config_id(fsdp_on)
+    unset = RunnerConfig(optim=None, sched=None, dataloader=None)  # "not configured", as in ``optim: null``
+    assert (unset.optim, unset.sched, unset.dataloader) == (None, None, None)
+    assert config_id(unset) == config_id(RunnerConfig())
 
 
 def test_set_fields_are_stored_typed_and_round_trip(tmp_path):

@@ -112,8 +112,8 @@ _SECTIONS = (
     ("parallel", ParallelConfig),
 )
 #: Sections present only once set or first touched (``config.optim.lr = 0.1`` creates ``optim``).
-#: Left at their defaults they count as absent for the run's identity, so reading one never
-#: changes ``config_id``.
+#: ``None`` or left at their defaults they count as absent for the run's identity, so reading
+#: one never changes ``config_id``.
 _ON_DEMAND_SECTIONS = (
     ("dataloader", DataloaderConfig),
     ("fsdp", FsdpConfig),
@@ -352,13 +352,14 @@ class RunnerConfig(OpenSection):
     ft: FaultToleranceConfig
     checkpoint: CheckpointConfig
     parallel: ParallelConfig
-    dataloader: DataloaderConfig
-    fsdp: FsdpConfig
-    optim: OptimConfig
-    optimizer: OptimConfig
-    sched: SchedConfig
-    scheduler: SchedConfig
-    deepspeed: DeepSpeedConfig
+    # On-demand sections; ``None`` (``optim: null``) reads as "not configured" too.
+    dataloader: DataloaderConfig | None
+    fsdp: FsdpConfig | None
+    optim: OptimConfig | None
+    optimizer: OptimConfig | None
+    sched: SchedConfig | None
+    scheduler: SchedConfig | None
+    deepspeed: DeepSpeedConfig | None
 
     def __post_init__(self, *args: Any, **kwargs: Any) -> None:
         super().__post_init__(*args, **kwargs)
@@ -446,8 +447,8 @@ class RunnerConfig(OpenSection):
         ``checkpoint`` keeps only its lower-cased ``backend``, operational keys
         (``NON_SEMANTIC_CONFIG_KEYS``) are dropped, ``fsdp``/``parallel`` are dropped
         unless ``stack`` is ``"parallel"``, and on-demand sections (``optim``, ``dataloader``,
-        ``fsdp``, ...) left at their defaults are dropped: reading ``config.optim`` creates an
-        empty section, which must not change the run's identity.
+        ``fsdp``, ...) that are ``None`` or at their defaults are dropped: reading
+        ``config.optim`` creates an empty section, which must not change the run's identity.
 
         Examples:
             >>> RunnerConfig(stack="Torch", log=False, checkpoint={"backend": "DCP"}).canonical().dict()
@@ -471,7 +472,7 @@ class RunnerConfig(OpenSection):
             canonical.pop("fsdp", None)
             canonical.pop("parallel", None)
         for key, section in _ON_DEMAND_SECTIONS:
-            if key in canonical and canonical[key] == _pristine(section):
+            if key in canonical and (canonical[key] is None or canonical[key] == _pristine(section)):
                 del canonical[key]
         return canonical
 

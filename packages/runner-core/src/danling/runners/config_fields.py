@@ -28,7 +28,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Mapping
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, get_args, overload
 
 import chanfig
 from chanfig.utils import Null
@@ -170,13 +170,16 @@ class _Schema:
             self.fields.update({name: value for name, value in vars(klass).items() if isinstance(value, Field)})
         annotations: dict[str, Any] = {}
         for klass in reversed(cls.__mro__):
-            if isinstance(klass, type) and issubclass(klass, Section):
+            if issubclass(klass, Section):
                 annotations.update(get_cached_annotations(klass, copy=False))
         self.declared = frozenset(self.fields) | frozenset(annotations)
-        #: Keys annotated with a section class: a mapping assigned there becomes that section.
-        self.sections = {
-            key: kind for key, kind in annotations.items() if isinstance(kind, type) and issubclass(kind, Section)
-        }
+        #: Keys annotated with a section class (or ``Section | None``): a mapping assigned there
+        #: becomes that section.
+        self.sections: dict[str, type[Section]] = {}
+        for key, annotation in annotations.items():
+            kinds = [kind for kind in (get_args(annotation) or (annotation,)) if kind is not type(None)]
+            if len(kinds) == 1 and isinstance(kinds[0], type) and issubclass(kinds[0], Section):
+                self.sections[key] = kinds[0]
 
 
 _SCHEMAS: dict[type, _Schema] = {}
