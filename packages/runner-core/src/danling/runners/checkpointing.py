@@ -50,6 +50,8 @@ class RunnerCheckpointing:
     #: The storage format ``checkpoint.backend="auto"`` means for this runner class.
     default_checkpoint_backend: str = "file"
     checkpoint_manager: CheckpointManager | None = None
+    #: Splits whose loader position came from a checkpoint; the loop fast-forwards the others it resumes.
+    restored_loaders: frozenset[str] = frozenset()
 
     # the manager
 
@@ -280,6 +282,7 @@ class RunnerCheckpointing:
         """Restore the training loaders' positions (nothing when the checkpoint has none)."""
         if isinstance(state_dict, Mapping):
             self.dataloaders.load_state_dict(state_dict)
+            self.restored_loaders = frozenset(state_dict)
 
     def load_pretrained(self, checkpoint: Any) -> None:
         r"""

@@ -20,6 +20,7 @@ on exactly the batches an uninterrupted run would, in the same order.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -118,6 +119,21 @@ def _training_meters(runner: TorchRunner) -> tuple[Any, Any, dict | None, bool]:
     return runner.meters["loss"], runner.meters["lr"], group, runner.device.type == "cpu"
 
 
+def _unrestored_position(runner: TorchRunner, split: str) -> int:
+    r"""
+    Batches of ``split``'s current pass to skip when a resume did not restore its loader's position.
+
+    That happens when the checkpoint's loader states were left out (``checkpoint.exclude_from_loading``),
+    typically because the run resumes on another number of ranks: the global batch is the same, so
+    skipping the batches the loop state counts puts the new ranks where the old ones were.  Once.
+    """
+    done = runner.loop_state.batches.get(split, 0)
+    if not done or split in runner.restored_loaders:
+        return 0
+    runner.restored_loaders = frozenset({*runner.restored_loaders, split})
+    return done
+
+
 # epoch mode
 
 
@@ -157,15 +173,17 @@ def train_epoch(runner: TorchRunner, split: str = "train") -> RoundDict:
     """One pass over ``split`` (the rest of it, after a resume); return the epoch's averages."""
     loader = runner.dataloaders[split]
     loop = runner.loop_state
-    if not loop.begin(split) or split not in loop.batches:
+    continued = loop.begin(split)
+    if not continued or split not in loop.batches:
         loop.batches[split] = 0
     set_sampler_epoch(loader, runner.train_state.epoch)
+    skip = _unrestored_position(runner, split) if continued else 0
     _begin(runner, RunnerMode.train, split, runner.train_metrics)
     length = loader_length(loader)
     progress = runner.loop_progress(split, total=length, start=loop.batches[split])
     meters, weigh = _training_meters(runner), runner.weighs_micro_batches
     try:
-        for batch in loader:
+        for batch in itertools.islice(loader, skip, None):
             iteration, step_before = loop.batches[split], runner.train_state.global_step
             _train_batch(runner, batch, meters, weigh)
             loop.batches[split] = iteration + 1
@@ -207,7 +225,8 @@ def train_steps(runner: TorchRunner, train_splits: Sequence[str], evaluate_split
     result = RoundDict()
     turn = _pass(runner, "train_split_steps", train_split_steps)
     while state.global_step < total:
-        start = state.global_step
+        # a run resumed right at the end of a split's turn finishes that round without a step
+        start, resumed_turn = state.global_step, loop.split is not None
         round_result = RoundDict()
         splits = loop.remaining(train_splits)
         for index, split in enumerate(splits):
@@ -218,7 +237,7 @@ def train_steps(runner: TorchRunner, train_splits: Sequence[str], evaluate_split
                 )
                 target = state.global_step + budget
             round_result[split] = turn(split, target, iterators)
-        if state.global_step == start:
+        if state.global_step == start and not resumed_turn:
             warnings.warn(
                 f"step-mode training made no progress after one full split pass (target={total}, "
                 f"reached={state.global_step}, remaining={total - state.global_step})",
@@ -255,6 +274,7 @@ def train_split_steps(
     state, loop = runner.train_state, runner.loop_state
     iterators = {} if iterators is None else iterators
     loop.begin(split, target)
+    skip = _unrestored_position(runner, split) if split not in iterators else 0
     _begin(runner, RunnerMode.train, split, runner.train_metrics)
     progress = runner.loop_progress(split, total=max(target - state.global_step, 0))
     turn = _Turn(target, runner.checkpoint_interval, progress)
@@ -263,7 +283,8 @@ def train_split_steps(
             iterator = iterators.get(split)
             if iterator is None:
                 set_sampler_epoch(loader, loop.passes.get(split, 0))
-                iterator = iterators[split] = iter(loader)
+                iterator = iterators[split] = itertools.islice(loader, skip, None)
+                skip = 0
             if _train_until(runner, split, iterator, turn):
                 break
             # the pass is over: apply a partial window, start the next pass
