@@ -29,7 +29,8 @@ compile caches, other processes busy on both cores):
   in the rank with a traceback instead of idling.
 - A rank that dies without reporting (a crash in C++, ``os._exit``) fails the run at once, naming
   its exit code; on a timeout every unfinished rank's Python stack is dumped (``faulthandler`` on
-  ``SIGUSR1``) into the error, so a hang says where it hung.
+  ``SIGUSR1``) into the error, so a hang says where it hung.  When something else stops the run
+  first (pytest-timeout, Ctrl-C), the stacks go to stderr and onto that error as a note.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -133,6 +135,14 @@ class _Run:
             self.store.set(_GO, "1")
         if time.monotonic() > self.deadline:
             raise AssertionError(self._timeout_message())
+
+    def interrupted(self, error: BaseException) -> None:
+        """Attach the unfinished ranks' stacks to an interruption from outside (pytest-timeout, Ctrl-C)."""
+        stacks = self._stacks()
+        if stacks:
+            print(stacks, file=sys.stderr)  # shown as the test's captured output
+            if hasattr(error, "add_note"):  # Python 3.11+: part of the error itself
+                error.add_note(stacks)
 
     def _timeout_message(self) -> str:
         if self.started:
@@ -233,6 +243,11 @@ def run_workers(
             if not ok:
                 raise AssertionError(f"rank {rank} failed:\n{value}")
         succeeded = True
+    except AssertionError:
+        raise
+    except BaseException as error:  # stopped from outside while ranks run: say where they were
+        run.interrupted(error)
+        raise
     finally:
         run.stop(succeeded)
         for path in stack_files:

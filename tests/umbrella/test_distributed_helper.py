@@ -1,11 +1,13 @@
 import os
 import socket
+import sys
 import time
 
 import pytest
 import torch
 import torch.distributed as dist
 
+from tests import distributed
 from tests.distributed import run_workers
 from tests.umbrella._slow_import_worker import IMPORT_SECONDS, quick_rank
 
@@ -60,6 +62,29 @@ def test_a_timeout_shows_where_the_hung_rank_waits():
     assert "--- rank 1" in message and "_sleeping_rank" in message  # the hung rank's own stack
     assert "--- rank 0" not in message
     assert time.monotonic() - start < 150
+
+
+class _StoppedFromOutside(BaseException):
+    """What pytest-timeout or Ctrl-C raises in the test's process."""
+
+
+@pytest.mark.distributed
+def test_a_run_stopped_from_outside_still_shows_where_the_hung_rank_waits(monkeypatch, capfd):
+    poll, first_result = distributed._Run.poll, []
+
+    def poll_then_stop(run):
+        poll(run)
+        if 0 in run.outcomes:  # rank 1 is past the barrier and into its sleep within moments
+            first_result.append(first_result[0] if first_result else time.monotonic())
+            if time.monotonic() - first_result[0] > 2:
+                raise _StoppedFromOutside
+
+    monkeypatch.setattr(distributed._Run, "poll", poll_then_stop)
+    with pytest.raises(_StoppedFromOutside) as error:
+        run_workers(_sleeping_rank, 2, timeout=600)
+    assert "--- rank 1" in capfd.readouterr().err
+    if sys.version_info >= (3, 11):  # exception notes
+        assert "_sleeping_rank" in "".join(error.value.__notes__)
 
 
 @pytest.mark.distributed
