@@ -1,20 +1,38 @@
-"""What ``TorchRunner`` costs over a hand-written PyTorch loop, and what its checkpoints cost.
+"""What ``TorchRunner`` costs over a hand-written PyTorch loop (and over Lightning and Accelerate), and its checkpoints.
 
-Run: ``.venv/bin/python benchmarks/runner_overhead.py [--repeats 21] [--steps 256]``
+Run: ``uv run --group bench benchmarks/runner_overhead.py [--repeats 21] [--steps 256]``
+(without ``--group bench`` the Lightning and Accelerate rows are skipped with a note).
 
 Training task (the same for every variant): 8192 samples of 64 features, 10 classes, an MLP
-64-256-256-10, AdamW, batch 64 (shuffled), ``--steps`` optimizer steps, one CPU thread.
+64-256-256-10, AdamW, batch 64 (shuffled), ``--steps`` optimizer steps, one CPU thread.  Each
+variant runs in two modes: step mode (a budget of ``--steps`` optimizer steps) and epoch mode
+(``--steps / 128`` epochs of 128 batches: the same number of steps, so ``--steps`` must be a
+multiple of 128).
 
-- ``raw``: a plain loop over a ``torch.utils.data.DataLoader``: forward, loss, backward, step.
+- ``raw``: a plain loop over a ``torch.utils.data.DataLoader``: forward, loss, backward, step
+  (``while step < steps`` in step mode, ``for epoch in range(epochs)`` in epoch mode).
 - ``runner (quiet)``: ``TorchRunner`` with ``log=False`` and ``checkpoint.load_only=True``
   (no log file, no checkpoint writes; progress lines still printed, to a null stream here).
-- ``runner (default)``: ``TorchRunner`` with its default config (log file, progress lines, a
-  checkpoint about every 20th of the run, asynchronous, plus the final one).
+- ``runner (default)``: ``TorchRunner`` with its default config: a log file, progress lines and
+  asynchronous checkpoints at the default cadence, which is about every 20th of the run in step
+  mode (19 saves plus the final one at 256 steps) and every epoch in epoch mode (2 saves in all).
+- ``runner (default, 1 save)``: the default config with ``checkpoint.interval=10**9`` (no
+  periodic saves, only the final one): the difference to ``runner (default)`` is what the
+  periodic saves cost, the difference to ``runner (quiet)`` what logging and one save cost.
+- ``lightning`` (step mode, when ``lightning`` is installed): a ``LightningModule`` and
+  ``Trainer(max_steps=..., logger=False, enable_checkpointing=False, enable_progress_bar=False,
+  enable_model_summary=False)`` on the CPU, fed the same ``DataLoader`` as ``raw``; timed from its
+  ``on_train_start`` to its ``on_train_end`` hook (creating the trainer and ``fit``'s set-up
+  before the first step count as ``build``).
+- ``accelerate`` (step mode, when ``accelerate`` is installed): ``Accelerator(cpu=True).prepare``
+  of the model, optimizer and the same ``DataLoader``, then the raw loop with
+  ``accelerator.backward(loss)``.
 
-Variants are interleaved ``--repeats`` times; the script prints the median wall time of
-``runner.train()`` (construction is timed separately), the median ratio to ``raw``, and the same
-ratio in CPU time of the process (all threads), and the ratio of the fastest repeats (``min ratio``):
-the last two are disturbed less by other programs on a busy machine.
+Variants are interleaved ``--repeats`` times after one warm-up round; the script prints the median
+wall time of the training (construction is timed separately as ``build s``), the median ratio to
+the ``raw`` loop of the same mode timed in the same round, the same ratio in CPU time of the
+process (all threads), and the ratio of the fastest repeats (``min ratio``): the last two are
+disturbed less by other programs on a busy machine.
 
 Checkpoints, for the trained task and for a larger model (MLP of width 1024, 1.1M parameters):
 a synchronous ``save_checkpoint`` with the default config against what a user's loop does, a
@@ -30,11 +48,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib.util
 import io
+import logging
 import os
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -44,6 +66,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from danling.runners import TorchRunner
 
 SAMPLES, FEATURES, CLASSES, BATCH = 8192, 64, 10, 64
+STEPS_PER_EPOCH = SAMPLES // BATCH
+#: ``checkpoint.interval`` of the ``runner (default, 1 save)`` variant: larger than any run, so only the final save.
+NO_PERIODIC_SAVES = 10**9
 
 
 def make_data() -> TensorDataset:
@@ -60,13 +85,25 @@ def make_model(width: int = 256) -> nn.Module:
     )
 
 
-def raw_loop(dataset: TensorDataset, steps: int) -> tuple[float, float]:
+def make_loader(dataset: TensorDataset) -> DataLoader:
+    return DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
+
+
+def raw_loop(dataset: TensorDataset, steps: int, *, epoch_mode: bool = False) -> tuple[float, float]:
     """The hand-written loop; returns wall and CPU seconds spent training."""
     model = make_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     criterion = nn.CrossEntropyLoss()
-    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
+    loader = make_loader(dataset)
     start, cpu = time.perf_counter(), time.process_time()
+    if epoch_mode:
+        for _ in range(steps // STEPS_PER_EPOCH):
+            for inputs, labels in loader:
+                loss = criterion(model(inputs), labels)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        return time.perf_counter() - start, time.process_time() - cpu
     step = 0
     while step < steps:
         for inputs, labels in loader:
@@ -88,29 +125,120 @@ class BenchmarkRunner(TorchRunner):
         self.criterion = nn.CrossEntropyLoss()
 
 
-def runner_config(root: str, steps: int, *, quiet: bool) -> dict:
+def runner_config(root: str, steps: int, *, quiet: bool, epoch_mode: bool = False, interval: int | None = None) -> dict:
     config = {
-        "steps": steps,
         "workspace_root": root,
         "optim": {"type": "adamw", "lr": 1e-3},
         "dataloader": {"batch_size": BATCH},
     }
+    if epoch_mode:
+        config["epochs"] = steps // STEPS_PER_EPOCH
+    else:
+        config["steps"] = steps
     if quiet:
         config.update({"log": False, "checkpoint": {"load_only": True}})
+    elif interval is not None:
+        config["checkpoint"] = {"interval": interval}
     return config
 
 
-def runner_loop(dataset: TensorDataset, steps: int, *, quiet: bool) -> tuple[float, float, float]:
+def runner_loop(
+    dataset: TensorDataset, steps: int, *, quiet: bool, epoch_mode: bool = False, interval: int | None = None
+) -> tuple[float, float, float]:
     """Seconds to build the runner, and wall and CPU seconds in ``runner.train()`` (stdout discarded)."""
+    config = {"quiet": quiet, "epoch_mode": epoch_mode, "interval": interval}
     with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()):
         start = time.perf_counter()
-        runner = BenchmarkRunner(runner_config(root, steps, quiet=quiet), dataset)
+        runner = BenchmarkRunner(runner_config(root, steps, **config), dataset)
         built, cpu = time.perf_counter(), time.process_time()
         runner.train()
         trained, cpu = time.perf_counter(), time.process_time() - cpu
         runner.close()
         assert runner.train_state.global_step == steps
     return built - start, trained - built, cpu
+
+
+def lightning_loop(dataset: TensorDataset, steps: int) -> tuple[float, float, float]:
+    """Seconds from creating the ``Trainer`` to its first step, and wall and CPU seconds of its training."""
+    import lightning
+
+    # Its notes (devices found, a tip, why fit stopped) go to loggers that importing lightning set to INFO.
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    class Module(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = make_model()
+            self.criterion = nn.CrossEntropyLoss()
+            self.clock: list[tuple[float, float]] = []
+
+        def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+            inputs, labels = batch
+            return self.criterion(self.model(inputs), labels)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+        def on_train_start(self) -> None:
+            assert torch.get_num_threads() == 1, f"Lightning changed the thread count to {torch.get_num_threads()}"
+            self.clock.append((time.perf_counter(), time.process_time()))
+
+        def on_train_end(self) -> None:
+            self.clock.append((time.perf_counter(), time.process_time()))
+
+    module, loader = Module(), make_loader(dataset)
+    with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()):
+        start = time.perf_counter()
+        trainer = lightning.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=root,
+        )
+        trainer.fit(module, loader)
+    (begun, cpu_begun), (ended, cpu_ended) = module.clock
+    assert trainer.global_step == steps
+    return begun - start, ended - begun, cpu_ended - cpu_begun
+
+
+def accelerate_loop(dataset: TensorDataset, steps: int) -> tuple[float, float, float]:
+    """Seconds to create the ``Accelerator`` and prepare, and wall and CPU seconds of the loop."""
+    from accelerate import Accelerator
+
+    start = time.perf_counter()
+    accelerator = Accelerator(cpu=True)
+    model = make_model()
+    model, optimizer, loader = accelerator.prepare(
+        model, torch.optim.AdamW(model.parameters(), lr=1e-3), make_loader(dataset)
+    )
+    criterion = nn.CrossEntropyLoss()
+    built, cpu = time.perf_counter(), time.process_time()
+    step = 0
+    while step < steps:
+        for inputs, labels in loader:
+            loss = criterion(model(inputs), labels)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+            if step == steps:
+                break
+    trained, cpu = time.perf_counter(), time.process_time() - cpu
+    accelerator.free_memory()
+    return built - start, trained - built, cpu
+
+
+#: Frameworks compared in step mode when installed: (distribution, function running the task).
+FRAMEWORKS: dict[str, tuple[str, Callable[[TensorDataset, int], tuple[float, float, float]]]] = {
+    "lightning": ("lightning", lightning_loop),
+    "accelerate": ("accelerate", accelerate_loop),
+}
 
 
 def _torch_save(state: dict, path: str, *, fsync: bool) -> None:
@@ -198,8 +326,68 @@ def interleave(
     timings: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, case in cases.items():
+            torch.set_num_threads(1)
             timings[name].append(case())
     return timings
+
+
+#: The runner variants of both modes: keyword arguments of ``runner_loop``.
+RUNNER_VARIANTS = {
+    "runner (quiet)": {"quiet": True},
+    "runner (default)": {"quiet": False},
+    "runner (default, 1 save)": {"quiet": False, "interval": NO_PERIODIC_SAVES},
+}
+
+
+def training_cases(
+    dataset: TensorDataset, steps: int, builds: dict[str, list[float]]
+) -> dict[str, Callable[[], tuple[float, float]]]:
+    """Every variant, named ``"{mode}: {variant}"``; those with a build step record its seconds in ``builds``."""
+
+    def built(name: str, run: Callable[[], tuple[float, float, float]]) -> Callable[[], tuple[float, float]]:
+        builds[name] = []
+
+        def case() -> tuple[float, float]:
+            build, wall, cpu = run()
+            builds[name].append(build)
+            return wall, cpu
+
+        return case
+
+    cases: dict[str, Callable[[], tuple[float, float]]] = {}
+    for mode, epoch_mode in (("step", False), ("epoch", True)):
+        cases[f"{mode}: raw"] = functools.partial(raw_loop, dataset, steps, epoch_mode=epoch_mode)
+        for variant, options in RUNNER_VARIANTS.items():
+            run = functools.partial(runner_loop, dataset, steps, epoch_mode=epoch_mode, **options)
+            cases[f"{mode}: {variant}"] = built(f"{mode}: {variant}", run)
+    for name, (distribution, loop) in FRAMEWORKS.items():
+        if importlib.util.find_spec(distribution) is None:
+            print(f"{name}: not installed, skipped (uv run --group bench benchmarks/runner_overhead.py runs it)")
+            continue
+        cases[f"step: {name}"] = built(f"step: {name}", functools.partial(loop, dataset, steps))
+    return cases
+
+
+def print_training(
+    timings: dict[str, list[tuple[float, float]]], builds: dict[str, list[float]], steps: int, repeats: int
+) -> None:
+    print(f"training: {steps} steps, batch {BATCH}, MLP 64-256-256-10, AdamW, 1 thread, {repeats} repeats")
+    print(
+        f"{'mode':<6} {'variant':<24} {'median s':>9} {'ms/step':>8} {'ratio':>6} {'cpu ratio':>9} "
+        f"{'min ratio':>9} {'build s':>8}"
+    )
+    for key, values in timings.items():
+        mode, name = key.split(": ", 1)
+        raw = timings[f"{mode}: raw"]
+        ratio = statistics.median(wall / base[0] for (wall, _), base in zip(values, raw))
+        cpu_ratio = statistics.median(cpu / base[1] for (_, cpu), base in zip(values, raw))
+        min_ratio = min(wall for wall, _ in values) / min(wall for wall, _ in raw)
+        build = f"{statistics.median(builds[key]):8.3f}" if key in builds else f"{'':>8}"
+        median = statistics.median(wall for wall, _ in values)
+        print(
+            f"{mode:<6} {name:<24} {median:9.4f} {median / steps * 1e3:8.3f} {ratio:6.3f} {cpu_ratio:9.3f} "
+            f"{min_ratio:9.3f} {build}"
+        )
 
 
 def main() -> None:
@@ -208,41 +396,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--checkpoint-repeats", type=int, default=25)
     args = parser.parse_args()
+    if args.steps <= 0 or args.steps % STEPS_PER_EPOCH:
+        parser.error(
+            f"--steps must be a positive multiple of {STEPS_PER_EPOCH} (the batches of one epoch, so epoch mode "
+            f"runs the same number of steps), got {args.steps}"
+        )
     torch.set_num_threads(1)
     dataset = make_data()
-    builds: dict[str, list[float]] = {"runner (quiet)": [], "runner (default)": []}
-
-    def runner_case(name: str, quiet: bool) -> Callable[[], tuple[float, float]]:
-        def run() -> tuple[float, float]:
-            built, wall, cpu = runner_loop(dataset, args.steps, quiet=quiet)
-            builds[name].append(built)
-            return wall, cpu
-
-        return run
-
-    cases = {
-        "raw": lambda: raw_loop(dataset, args.steps),
-        "runner (quiet)": runner_case("runner (quiet)", True),
-        "runner (default)": runner_case("runner (default)", False),
-    }
-    interleave(cases, 1)  # warm up imports, allocator and caches
-    for values in builds.values():
-        values.clear()
-    timings = interleave(cases, args.repeats)
-    raw = timings["raw"]
-    print(f"training: {args.steps} steps, batch {BATCH}, MLP 64-256-256-10, AdamW, 1 thread, {args.repeats} repeats")
-    print(
-        f"{'variant':<18} {'median s':>9} {'ms/step':>8} {'ratio':>6} {'cpu ratio':>9} {'min ratio':>9} {'build s':>8}"
-    )
-    for name, values in timings.items():
-        ratio = statistics.median(wall / base[0] for (wall, _), base in zip(values, raw))
-        cpu_ratio = statistics.median(cpu / base[1] for (_, cpu), base in zip(values, raw))
-        min_ratio = min(wall for wall, _ in values) / min(wall for wall, _ in raw)
-        build = f"{statistics.median(builds[name]):8.3f}" if name in builds else f"{'':>8}"
-        median = statistics.median(wall for wall, _ in values)
-        print(
-            f"{name:<18} {median:9.4f} {median / args.steps * 1e3:8.3f} {ratio:6.3f} {cpu_ratio:9.3f} {min_ratio:9.3f} {build}"
-        )
+    builds: dict[str, list[float]] = {}
+    cases = training_cases(dataset, args.steps, builds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice to use loader workers (they would not help here)
+        interleave(cases, 1)  # warm up imports, allocator and caches
+        for values in builds.values():
+            values.clear()
+        timings = interleave(cases, args.repeats)
+    print_training(timings, builds, args.steps, args.repeats)
     for width in (256, 1024):
         print_checkpoint_costs(dataset, width, args.checkpoint_repeats)
 
