@@ -174,9 +174,13 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run every benchmark script; each prints its own table of timings and ratios."""
+    """Run every benchmark script; each prints its own table of timings and ratios.
+
+    The ``bench`` dependency group brings the frameworks some scripts compare against (Lightning, Accelerate).
+    """
     editable = [arg for package in CORE_PACKAGES for arg in ("-e", f"packages/{package}")]
-    session.install(*editable, "-e", ".", *DEV_DEPENDENCIES)
+    bench_dependencies = nox.project.dependency_groups(PYPROJECT, "bench")
+    session.install(*editable, "-e", ".", *DEV_DEPENDENCIES, *bench_dependencies)
     scripts = session.posargs or [str(path) for path in sorted((ROOT / "benchmarks").glob("*.py"))]
     for script in scripts:
         session.log(f"== {script}")
