@@ -22,14 +22,20 @@ import pytest
 import torch
 
 from tests.distributed import run_workers
-from tests.runner_deepspeed.toy_runners import Classify, StopsInThirdEpoch, config, module_state
+from tests.runner_deepspeed.toy_runners import (
+    Classify,
+    StopsInThirdEpoch,
+    config,
+    module_state,
+    skip_inference_shm_op,
+)
 
 pytestmark = pytest.mark.distributed
 
 STAGES = (0, 1, 2, 3)
 RESUMED = (1, 2, 3)
 #: Both ranks' micro-batches of one step together: the batch of the one-process reference.
-SETTINGS = {"accum_steps": 2, "max_grad_norm": 1.0}
+SETTINGS = {"accum_steps": 2, "max_grad_norm": 0.5}  # norms are about 0.5: some steps clip, some do not
 
 
 def _listed(state):
@@ -43,7 +49,7 @@ def _train(root, stage, precision):
         evaluation = runner.evaluate()["val"]["loss"]
         return {
             "losses": [results[epoch]["train"]["loss"] for epoch in range(3)],
-            "grad_norm": results[2]["train"]["grad_norm"],
+            "grad_norm": results[2]["train"].get("grad_norm"),
             "steps": runner.train_state.global_step,
             "state": _listed(module_state(runner)),
             "evaluation": evaluation,
@@ -109,6 +115,7 @@ def _engine_checks(rank):
 
 
 def _scenarios(rank, world_size, root):
+    skip_inference_shm_op()
     outcome = {"engine": _engine_checks(rank)}
     for stage in STAGES:
         for precision in (None, "bf16"):
@@ -130,7 +137,7 @@ def outcomes(tmp_path_factory):
 def reference(tmp_path_factory):
     """One process, plain TorchRunner, each step's 16 samples in one batch."""
     root = tmp_path_factory.mktemp("torch-reference")
-    runner = Classify(config(root, stack="ddp", max_grad_norm=1.0, dataloader={"batch_size": 16, "shuffle": False}))
+    runner = Classify(config(root, stack="ddp", max_grad_norm=0.5, dataloader={"batch_size": 16, "shuffle": False}))
     try:
         results = runner.train()
         return {"state": module_state(runner), "steps": runner.train_state.global_step, "results": results}
@@ -145,7 +152,7 @@ def test_two_processes_end_where_one_torch_runner_ends(outcomes, reference, stag
     for name, value in run["state"].items():
         torch.testing.assert_close(torch.tensor(value), reference["state"][name], rtol=1e-5, atol=1e-6, msg=name)
     assert run["losses"][-1] < run["losses"][0]
-    assert run["grad_norm"] > 0
+    assert (run["grad_norm"] is not None) == (stage > 0)  # stage 0 in fp32 steps the torch optimizer alone
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -140,11 +140,21 @@ class DeepSpeedStepContainer:
         return applied
 
     def discard(self) -> None:
-        """Drop the accumulated gradients without applying them."""
+        """Drop the accumulated gradients without applying them (ZeRO stages 0 and 1).
+
+        Raises:
+            NotImplementedError: under ZeRO-2/3, whose backward passes reduce gradients into
+                partitions that DeepSpeed clears only in its own step.
+        """
+        if self.engine.zero_optimization_stage() >= 2:
+            raise NotImplementedError(
+                f"cannot discard accumulated gradients under ZeRO stage {self.engine.zero_optimization_stage()}: "
+                "DeepSpeed reduces them into partitions during backward and clears those only in engine.step()"
+            )
         self.window.reset()
         optimizer = self.engine.optimizer
         if _is_zero_optimizer(optimizer):
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)  # also drops ZeRO-1's separate fp32 accumulators
         self.engine.zero_grad()
 
     def step_scheduler(self, metric: Callable[[], Any] | None = None) -> bool:
