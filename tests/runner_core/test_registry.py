@@ -75,22 +75,42 @@ def test_deepspeed_alias_resolves_through_an_installed_entry_point(installed_plu
     assert RUNNER_REGISTRY["ds"] is RUNNER_REGISTRY["deepspeed"] is PluginRunner
 
 
+@pytest.fixture
+def without_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment of a user who installed runner-core alone: only its own entry points are found."""
+    installed = registry._entry_points
+    monkeypatch.setattr(
+        registry, "_entry_points", lambda: {name: ep for name, ep in installed().items() if name == "ddp"}
+    )
+
+
 @pytest.mark.parametrize(("stack", "distribution"), [("deepspeed", "danling-runner-deepspeed"), ("ds", None)])
-def test_missing_backend_names_its_distribution(stack, distribution):
+def test_missing_backend_names_its_distribution(stack, distribution, without_backends):
     canonical = normalize_stack_name(stack)
-    if canonical in registry._entry_points():
-        pytest.fail(f"this test expects no {canonical!r} runner in the environment; update it with the backend")
     expected = distribution or STACK_DISTRIBUTIONS[canonical]
     with pytest.raises(StackNotInstalledError, match=f"pip install {expected}"):
         resolve_runner_class(stack)
     assert stack not in RUNNER_REGISTRY
 
 
-def test_missing_parallel_backend_names_its_distribution():
-    if "parallel" in registry._entry_points():
-        pytest.fail("this test expects no parallel runner in the environment; update it with the backend")
+def test_missing_parallel_backend_names_its_distribution(without_backends):
     with pytest.raises(ImportError, match="danling-runner-parallel"):
         resolve_runner_class("parallel")
+
+
+@pytest.mark.parametrize(
+    ("stack", "module", "name"),
+    [
+        ("deepspeed", "danling.runners.deepspeed_runner", "DeepSpeedRunner"),
+        ("ds", "danling.runners.deepspeed_runner", "DeepSpeedRunner"),
+        ("parallel", "danling.runners.parallel_runner", "ParallelRunner"),
+    ],
+)
+def test_installed_backends_resolve_through_their_entry_points(stack, module, name):
+    pytest.importorskip(module)
+    runner_class = resolve_runner_class(stack)
+    assert runner_class.__name__ == name and runner_class.__module__.startswith(module)
+    assert RUNNER_REGISTRY[normalize_stack_name(stack)] is runner_class
 
 
 def test_unknown_stack_lists_valid_options():
@@ -98,7 +118,7 @@ def test_unknown_stack_lists_valid_options():
         resolve_runner_class("nope")
 
 
-def test_registry_is_a_read_only_mapping_of_installed_stacks():
+def test_registry_is_a_read_only_mapping_of_installed_stacks(without_backends):
     with pytest.raises(KeyError):
         RUNNER_REGISTRY["deepspeed"]
     with pytest.raises(TypeError):
