@@ -191,7 +191,7 @@ class RunnerConfig(OpenSection):
         pretrained: Checkpoint whose model weights initialise the model (fine-tuning).
         log: Write a log file (on the main process).
         tensorboard: Write TensorBoard scalars.
-        log_interval: Iterations between progress lines; ``None`` derives it from the budget.
+        log_interval: Iterations between progress lines; ``0`` turns them off; ``None`` derives it from the budget.
         lineage: *(unset: "lin")* Top folder of the run under ``workspace_root``; the code
             version (git hash) is appended when known.
         experiment: *(unset: "exp")* Experiment name.
@@ -422,7 +422,7 @@ class RunnerConfig(OpenSection):
         _check_int(self.get("steps"), "steps", minimum=0)
         _check_int(self.get("epochs"), "epochs", minimum=0)
         _check_int(self.get("accum_steps", 1), "accum_steps", minimum=1, optional=False)
-        _check_int(self.get("log_interval"), "log_interval", minimum=1)
+        _check_int(self.get("log_interval"), "log_interval", minimum=0)
         _check_stack(self.get("stack", "auto"))
         if isinstance(self.ema, chanfig.Config) and not isinstance(self.ema, Section):
             check_known_keys(self.ema, "ema")  # the ``Section``s checked themselves above
