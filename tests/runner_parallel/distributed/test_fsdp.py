@@ -8,6 +8,7 @@ checks clipping by the norm over the mesh and a non-finite skip that both ranks 
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def _max_difference(model, reference):
     return max(float((_full(p) - q).abs().max()) for p, q in zip(model.parameters(), reference.parameters()))
 
 
-def _fsdp_equals_one_process(rank, world_size, fsdp_config, max_grad_norm):
+def _fsdp_equals_one_process(rank, world_size, fsdp_config, max_grad_norm, optimizer):
     context = ParallelContext(topology := build_topology({"shard": -1}, world_size, rank))
     context.mesh = build_device_mesh(topology, "cpu")
     torch.manual_seed(0)
@@ -85,9 +86,14 @@ def _non_finite_skip_agreed(rank, world_size):
 
 
 CONFIGS = {
-    # per-block sharding, reshard after forward; the norm over both shards clips every step
-    "default": (None, 0.05),
-    "no reshard, CPU offload": ({"reshard_after_forward": False, "offload_policy": {"pin_memory": False}}, None),
+    # per-block sharding, reshard after forward; the norm over both shards clips every step (SGD: a
+    # wrong norm shows in every element, while Adam's normalisation would also magnify rounding)
+    "default, clipped": (None, 0.05, functools.partial(torch.optim.SGD, lr=0.1)),
+    "no reshard, CPU offload": (
+        {"reshard_after_forward": False, "offload_policy": {"pin_memory": False}},
+        None,
+        functools.partial(torch.optim.AdamW, lr=0.01),
+    ),
 }
 
 

@@ -2,11 +2,15 @@
 
 With FSDP2 and tensor parallelism a parameter's gradient is a ``DTensor``: each rank holds a
 shard, and the norm of the whole gradient needs a reduction over the mesh.  ``total_norm``
-groups the gradients by mesh and placement, reduces each group once (``full_tensor``), and
-adds the axes where ranks hold *different plain* parameters (pipeline stages), so every rank
-gets the same norm of the whole model's gradient.  ``clip_grad_norm_`` scales by it;
+works on the local shards and adds the partial sums over each mesh dimension that shards them
+(one small all-reduce per distinct mesh and sharding, none over replicated dimensions), plus
+the axes where ranks hold *different plain* parameters (pipeline stages), so every rank gets the
+same norm of the whole model's gradient.  ``clip_grad_norm_`` scales by it;
 ``ParallelOptimizerContainer`` is runner-core's ``OptimizerContainer`` with that clipping, a
 non-finite check every rank agrees on, and a shard-aware gradient scaler for fp16.
+
+Everything element-wise (scaling, clamping, finiteness) runs on the local shards directly:
+the same arithmetic as on the ``DTensor``, without its per-operation dispatch.
 """
 
 from __future__ import annotations
@@ -23,13 +27,19 @@ from torch.distributed.tensor import DTensor
 from danling.runners.distributed import any_rank
 from danling.runners.step import OptimizerContainer
 
-__all__ = ["ParallelOptimizerContainer", "build_sharded_grad_scaler", "clip_grad_norm_", "total_norm"]
+__all__ = ["ParallelOptimizerContainer", "build_sharded_grad_scaler", "clip_grad_norm_", "local_tensors", "total_norm"]
 
 
-def _group_key(grad: Tensor) -> Any:
-    if isinstance(grad, DTensor):
-        return (id(grad.device_mesh), grad.placements, grad.device, grad.dtype)
-    return (None, None, grad.device, grad.dtype)
+def local_tensors(tensors: Iterable[Tensor]) -> list[Tensor]:
+    """This rank's part of each tensor: the local shard of a ``DTensor``, a plain tensor as it is."""
+    return [tensor.to_local() if isinstance(tensor, DTensor) else tensor for tensor in tensors]
+
+
+def _split_dims(tensor: Tensor) -> tuple[Any, tuple[int, ...]]:
+    """The mesh of a ``DTensor`` and the mesh dimensions its value is split over (``None, ()`` if plain)."""
+    if not isinstance(tensor, DTensor):
+        return None, ()
+    return tensor.device_mesh, tuple(i for i, p in enumerate(tensor.placements) if not p.is_replicate())
 
 
 def total_norm(
@@ -39,7 +49,8 @@ def total_norm(
     The ``norm_type``-norm of all ``grads`` together, sharded or not, identical on every rank.
 
     Args:
-        grads: Gradients: plain tensors (taken as they are) and ``DTensor``\ s (reduced over their mesh).
+        grads: Gradients: plain tensors (taken as they are) and ``DTensor``\ s (reduced over the
+            mesh dimensions that shard them).
         norm_type: ``p`` of the p-norm (``inf`` for the largest magnitude).
         stage_groups: Process groups across which ranks hold *different* plain parameters
             (pipeline stages): the partial norms are summed (or maxed) over them.
@@ -51,29 +62,27 @@ def total_norm(
         >>> total_norm([torch.tensor([3.0, -4.0])], float("inf")).item()
         4.0
     """
-    groups: dict[Any, list[Tensor]] = {}
-    for grad in grads:
-        groups.setdefault(_group_key(grad), []).append(grad)
-    first = next(iter(groups.values()), [None])[0]
-    device = device or (first.device if first is not None else torch.device("cpu"))
     inf = math.isinf(norm_type)
-    partials = []
-    for members in groups.values():
-        norms = torch._foreach_norm(members, norm_type)
-        norm = torch.linalg.vector_norm(torch.stack(norms), norm_type)
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()  # one reduction per mesh/placement group
-        partials.append(norm.to(device=device, dtype=torch.float32))
-    if not partials:
-        result = torch.zeros((), device=device)
-    else:
-        result = torch.linalg.vector_norm(torch.stack(partials), norm_type)
-    if stage_groups:
-        value = result if inf else result.pow(norm_type)
-        for group in stage_groups:
-            dist.all_reduce(value, op=dist.ReduceOp.MAX if inf else dist.ReduceOp.SUM, group=group)
-        result = value if inf else value.pow(1.0 / norm_type)
-    return result
+    groups: dict[Any, tuple[Any, tuple[int, ...], list[Tensor]]] = {}
+    for grad in grads:
+        mesh, dims = _split_dims(grad)
+        local = grad.to_local() if isinstance(grad, DTensor) else grad
+        key = (id(mesh), dims, local.device)
+        groups.setdefault(key, (mesh, dims, []))[2].append(local)
+    if device is None:
+        device = next(iter(groups))[2] if groups else torch.device("cpu")
+    op = dist.ReduceOp.MAX if inf else dist.ReduceOp.SUM
+    total = torch.zeros((), device=device)
+    for mesh, dims, members in groups.values():
+        norms = torch.stack(torch._foreach_norm(members, norm_type)).to(device=device, dtype=torch.float32)
+        # this rank's share: the largest magnitude, or the sum of p-th powers
+        share = norms.max() if inf else norms.pow(norm_type).sum()
+        for dim in dims:  # shards along these mesh dimensions hold different elements: combine them
+            dist.all_reduce(share, op=op, group=mesh.get_group(dim))
+        total = torch.maximum(total, share) if inf else total + share
+    for group in stage_groups:
+        dist.all_reduce(total, op=op, group=group)
+    return total if inf else total.pow(1.0 / norm_type)
 
 
 def clip_grad_norm_(
@@ -90,9 +99,11 @@ def clip_grad_norm_(
         >>> clip_grad_norm_([weight], max_norm=1.0).item(), [round(g, 4) for g in weight.grad.tolist()]
         (5.0, [0.6, 0.8])
     """
-    parameters = [parameter for parameter in parameters if parameter.grad is not None]
-    norm = total_norm([parameter.grad for parameter in parameters], norm_type, stage_groups=stage_groups)
-    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm, foreach=True)
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    norm = total_norm(grads, norm_type, stage_groups=stage_groups)
+    if grads and bool(torch.isfinite(norm)):
+        coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        torch._foreach_mul_(local_tensors(grads), coefficient)
     return norm
 
 
@@ -124,10 +135,16 @@ class ParallelOptimizerContainer(OptimizerContainer):
         super().__init__(*args, **kwargs)
         self.stage_groups = tuple(stage_groups)
 
+    def gradients(self) -> list[Tensor]:
+        """This rank's shards of the gradients the next step applies (scaling them scales the whole)."""
+        return local_tensors(super().gradients())
+
     def clip_gradients(self) -> Tensor | None:
-        """Clip by value (elementwise, shards alike), then by the total norm over the mesh."""
+        """Clip by value (element-wise, on the shards), then by the total norm over the mesh."""
         if self.max_grad_value is not None:
-            torch.nn.utils.clip_grad_value_(self.parameters, self.max_grad_value)
+            gradients = self.gradients()
+            torch._foreach_clamp_min_(gradients, -self.max_grad_value)
+            torch._foreach_clamp_max_(gradients, self.max_grad_value)
         if self.max_grad_norm is not None:
             return clip_grad_norm_(self.parameters, self.max_grad_norm, stage_groups=self.stage_groups)
         return None
@@ -135,8 +152,6 @@ class ParallelOptimizerContainer(OptimizerContainer):
     def gradients_finite(self, total: Tensor | None = None) -> bool:
         """Whether every gradient on every rank is finite; all ranks get the same answer."""
         if total is None:
-            gradients = self.gradients()
-            if not gradients:
-                return not any_rank(False)
-            total = total_norm(gradients, stage_groups=self.stage_groups)
+            gradients = self.gradients()  # local shards: a non-finite element shows on its own rank
+            total = torch.stack(torch._foreach_norm(gradients)).sum() if gradients else torch.zeros(())
         return not any_rank(not bool(torch.isfinite(total)))
