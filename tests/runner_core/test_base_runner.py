@@ -12,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from danling.runners import BaseRunner, TorchRunner
-from danling.runners import base_runner as base_runner_module
+from danling.runners import records as records_module
 
 from .toy_runners import ClassifierRunner, base_config
 
@@ -127,7 +127,7 @@ def test_log_file_has_plain_progress_lines(tmp_path, capsys):
 
 
 def test_interactive_terminal_gets_a_progress_bar_and_the_file_gets_the_lines(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(base_runner_module, "is_interactive", lambda stream=None: True)
+    monkeypatch.setattr(records_module, "is_interactive", lambda stream=None: True)
     runner = ClassifierRunner(epoch_config(tmp_path, epochs=1, log=True, log_interval=1))
     runner.train()
     runner.close()
