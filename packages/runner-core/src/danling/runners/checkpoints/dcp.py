@@ -52,6 +52,7 @@ from .base import CheckpointManager, CheckpointNotFoundError, SaveRequest, colle
 from .dcp_structure import MANIFEST, add_missing_entries, map_tensors, record_structure, restore_structure
 from .export import save_model_state
 from .layout import CheckpointLayout
+from .staging import StagingPool, snapshot
 
 POINTER = ".pointer"
 METADATA = ".metadata"
@@ -172,7 +173,7 @@ class DCPCheckpointManager(CheckpointManager):
 
     Every rank must call ``save`` (``is_collective``) and construct the manager (it agrees on a run
     token, and for asynchronous saves creates a dedicated gloo process group once).  With
-    ``async_mode="async"`` a save returns once DCP has copied the payload to host memory; the write
+    ``async_mode="async"`` a save returns once the payload is copied to host memory; the write
     goes on in DCP's thread and the pointers flip when it completes.  One save is in flight at a
     time: the next one waits for it.  ``keep_latest_k`` keeps the newest history directories;
     rank 0 deletes older ones and any directory no pointer names, never one a pointer names.
@@ -210,7 +211,7 @@ class DCPCheckpointManager(CheckpointManager):
             self._finalizer.detach()
         self._writer = self._finalizer = None
         if self.async_mode == "async_with_pinned_mem":
-            self.async_mode = "async"  # DCP's staging copies to host memory either way
+            self.async_mode = "async"  # the snapshot is a host copy either way
         self._main = get_rank() == 0
         os.makedirs(self.directory, exist_ok=True)
         taken: list[str] = []
@@ -226,6 +227,7 @@ class DCPCheckpointManager(CheckpointManager):
         self._group = self._async_group() if self.async_mode == "async" else None
         self._in_flight: Future | None = None
         self._staging_future: Future | None = None  # DCP's host copy of the save in flight, where it has one
+        self._pool = StagingPool()  # host buffers of the last written snapshot, for the next one
 
     def _async_group(self) -> Any:
         if not is_initialized() or not self.config.dedicated_async_process_group:
@@ -268,16 +270,27 @@ class DCPCheckpointManager(CheckpointManager):
             if is_initialized():
                 dist.barrier()  # the pointers are in place on every rank's return
             return
-        with _single_process_is_intended():
-            response = dcp.async_save(payload, storage_writer=writer, process_group=self._group)
+        # Our own host copy: DCP's staging in torch < 2.7 hands CPU tensors over as they are
+        # (``.to("cpu")``), so training would change them under the write.
+        staged: list[torch.Tensor] = []
+        payload = snapshot(payload, self._pool, staged, fresh={MANIFEST})
+        try:
+            with _single_process_is_intended():
+                response = dcp.async_save(payload, storage_writer=writer, process_group=self._group)
+        except BaseException:
+            self._pool.release(staged)
+            raise
         future = getattr(response, "upload_completion", response)
         self._staging_future = getattr(response, "staging_completion", None)
         done: Future = Future()
-        future.add_done_callback(lambda finished: self._complete(finished, done, request, target))
+        future.add_done_callback(lambda finished: self._complete(finished, done, request, target, staged))
         self._in_flight = done
 
-    def _complete(self, finished: Future, done: Future, request: SaveRequest, target: str) -> None:
-        """DCP's save ended (on its thread): flip the pointers, or record why not."""
+    def _complete(
+        self, finished: Future, done: Future, request: SaveRequest, target: str, staged: list[torch.Tensor]
+    ) -> None:
+        """DCP's save ended (on its thread): flip the pointers, or record why not; recycle the host copy."""
+        self._pool.release(staged)
         try:
             try:
                 finished.result()
