@@ -163,6 +163,9 @@ def test_a_step_saved_again_after_a_restart_gets_a_directory_of_its_own(tmp_path
     assert again.startswith("ckpt-e000002-") and _pointer(tmp_path, "latest") == again
     assert os.listdir(tmp_path / "ckpt-e000002") == original  # never overwritten
     assert manager.load("ckpt-e000002")["loop"]["step"] == 2
+    kept = DCPCheckpointManager(tmp_path, {**SYNC, "keep_latest_k": 1}, interval=1)
+    kept.save(_payload(model, optimizer, 3), progress=3)  # retention drops both entries of step 2, and the pointer
+    assert _entries(tmp_path) == ["ckpt-e000003", "latest.pointer"]
 
 
 def test_async_saves_flip_the_pointer_when_written(tmp_path):

@@ -65,11 +65,15 @@ UNNAMED_DIR = re.compile(r"^.+-[es]\d+-[0-9a-f]{8}-\d{4}$")
 __all__ = ["DCPCheckpointManager", "load_dcp_checkpoint", "read_dcp_config", "resolve_dcp_checkpoint"]
 
 
+#: DCP's warning when it runs without a process group (its wording in torch 2.6 and in later versions).
+_SINGLE_PROCESS_WARNING = r"torch\.distributed is (disabled, )?unavailable or uninitialized"
+
+
 @contextmanager
 def _single_process_is_intended() -> Iterator[None]:
     """Silence DCP's warning that it assumes a single process when no group exists: that is how it is used here."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING, category=UserWarning)
         yield
 
 
@@ -147,7 +151,7 @@ def load_dcp_checkpoint(source: PathStr, directory: PathStr | None = None, *, ma
     Works without a process group; a checkpoint written by any number of ranks loads whole.
     """
     state = _read(resolve_dcp_checkpoint(source, directory))
-    if map_location not in (None, "cpu") and map_location != torch.device("cpu"):
+    if isinstance(map_location, (str, torch.device)) and torch.device(map_location) != torch.device("cpu"):
         state = map_tensors(state, lambda tensor: tensor.to(map_location))
     return state
 
@@ -356,6 +360,13 @@ class DCPCheckpointManager(CheckpointManager):
 
     def _remove_unneeded(self) -> None:
         """Drop history beyond ``keep_latest_k`` and saves no pointer names; never a directory a pointer names."""
+        for entry in os.listdir(self.directory):  # the pointer of a repeated history step goes with its entry
+            if entry.endswith(POINTER) and HISTORY_DIR.match(entry.removesuffix(POINTER)):
+                with suppress(OSError), open(os.path.join(self.directory, entry), encoding="utf-8") as file:
+                    dropped = file.read().strip() not in self.history
+                if dropped:
+                    with suppress(FileNotFoundError):
+                        os.remove(os.path.join(self.directory, entry))
         referenced = self._referenced()
         for entry in os.listdir(self.directory):
             if entry in referenced or entry in self.history or not os.path.isdir(os.path.join(self.directory, entry)):
