@@ -1,10 +1,13 @@
 """ParallelRunner on two real gloo processes against a one-process TorchRunner on the same global batches.
 
-One pair of processes runs, in order:
+The test process first trains the one-process references: ``TorchRunner`` on 8 samples a step,
+and a one-process ``ParallelRunner`` (4 samples a step) whose epoch-1 checkpoint two processes
+resume below.  One pair of processes then runs, in order:
 
 - FSDP2 (shard=-1 -> 2) with activation checkpointing, 4 samples per rank: two epochs, a
   checkpoint after each, and the final ``model.safetensors`` export;
 - a fresh FSDP2 run that resumes the first run's epoch-1 checkpoint and trains epoch 2;
+- an FSDP2 run that resumes the one-process checkpoint (1 -> 2 shards) and trains epoch 2;
 - data parallel without FSDP (DDP over shard=2);
 - tensor parallel (tensor=2) on the example transformer: both ranks read the same 8 samples;
 - a resume of that tensor-parallel checkpoint on a shard=2 mesh, which must be refused.
@@ -15,7 +18,6 @@ as ``pretrained`` into a plain TorchRunner.
 
 from __future__ import annotations
 
-import copy
 import os
 
 import pytest
@@ -28,6 +30,7 @@ from tests.runner_parallel.runners import (
     SequenceCrossEntropy,
     TransformerRunner,
     TransformerTorchRunner,
+    build_model,
     config,
     dataset,
     full_parameters,
@@ -47,7 +50,21 @@ def _epoch_one(directory):
     return next(os.path.join(directory, entry) for entry in sorted(os.listdir(directory)) if entry.endswith("e000001"))
 
 
-def _workers(rank, world_size, root):
+def _continue(model, optimizer_state, batch_size):
+    """Epoch 2 as one process computes it from a model and its AdamW state: the expected continuation."""
+    # a new module, not a deep copy: a copy of a checkpointed block would still run the original's forward
+    weights, model = model.state_dict(), build_model()
+    model.load_state_dict(weights)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    optimizer.load_state_dict(optimizer_state)
+    for inputs, target in DataLoader(dataset(), batch_size=batch_size):
+        SequenceCrossEntropy()(model(inputs), target).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def _workers(rank, world_size, root, single_checkpoint):
     results = {}
     first = TransformerRunner(
         config(f"{root}/fsdp", 4, checkpoint={"async_mode": "disabled", "last_save_model_only": True}, **FSDP)
@@ -65,6 +82,12 @@ def _workers(rank, world_size, root):
     resumed.train()
     results["resumed"] = _plain(full_parameters(resumed))
     resumed.close()
+
+    widened = TransformerRunner(config(f"{root}/widened", 4, resume=single_checkpoint, **FSDP))
+    results["widened restored"] = _plain(full_parameters(widened))
+    widened.train()
+    results["widened"] = _plain(full_parameters(widened))
+    widened.close()
 
     replicated = TransformerRunner(config(f"{root}/ddp", 4, parallel={"axes": {"shard": 2}}))
     results["ddp wrapped"] = type(replicated.model).__name__
@@ -93,13 +116,19 @@ def runs(tmp_path_factory):
         reference = TransformerTorchRunner(config(f"{root}/reference{epochs}", 8, epochs=epochs))
         reference.train()
         references[epochs] = full_parameters(reference)
-        if epochs == 1:
-            references["model"], references["optimizer"] = (
-                copy.deepcopy(reference.model),
-                reference.optimizer.state_dict(),
-            )
+        if epochs == 1:  # what one process continues with, from the state two processes reach after epoch 1
+            references["continued"] = _continue(reference.model, reference.optimizer.state_dict(), batch_size=4)
         reference.close()
-    workers = run_workers(_workers, 2, root, timeout=300)
+    single = TransformerRunner(config(f"{root}/single", 4, **FSDP))  # one process, 4 samples a step
+    single.train()
+    single_checkpoint = _epoch_one(single.checkpoint_manager.directory)
+    single.close()
+    single = TransformerRunner(config(f"{root}/single-restored", 4, resume=single_checkpoint, **FSDP))
+    references["single epoch 1"] = full_parameters(single)
+    # what two processes continue with from that state: epoch 2 in global batches of 8
+    references["widened"] = _continue(single.model, single.optimizer.state_dict(), batch_size=8)
+    single.close()
+    workers = run_workers(_workers, 2, root, single_checkpoint, timeout=300)
     return root, references, workers
 
 
@@ -144,22 +173,21 @@ def test_fresh_two_process_run_resumes_and_continues_identically(runs):
 
 def test_one_process_run_resumes_and_continues_identically(runs):
     root, references, workers = runs
-    # the continuation a single process would compute from the same state: epoch 2 in batches of 4
-    model = references["model"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    optimizer.load_state_dict(references["optimizer"])
-    for inputs, target in DataLoader(dataset(), batch_size=4):
-        SequenceCrossEntropy()(model(inputs), target).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    runner = TransformerRunner(config(f"{root}/single", 4, resume=_epoch_one(workers[0]["checkpoints"]), **FSDP))
+    runner = TransformerRunner(config(f"{root}/narrowed", 4, resume=_epoch_one(workers[0]["checkpoints"]), **FSDP))
     restored = full_parameters(runner)
     assert runner.world_size == 1 and runner.train_state.epoch == 1
     assert max(float((restored[name] - value).abs().max()) for name, value in references[1].items()) < 1e-5
     runner.train()
     continued = full_parameters(runner)
     runner.close()
-    assert max(float((continued[name] - p.detach()).abs().max()) for name, p in model.named_parameters()) < 1e-5
+    assert max(float((continued[name] - value).abs().max()) for name, value in references["continued"].items()) < 1e-5
+
+
+def test_one_process_checkpoint_resumes_on_two_and_continues_identically(runs):
+    _, references, workers = runs
+    for worker in workers:
+        assert _difference(worker["widened restored"], references["single epoch 1"]) == 0.0
+        assert _difference(worker["widened"], references["widened"]) < 1e-5
 
 
 def test_export_loads_as_pretrained_in_a_torch_runner(runs):

@@ -73,6 +73,8 @@ class ParallelRunner(TorchRunner):
     topology: ParallelTopology
     parallel: ParallelContext
     device_mesh: Any = None
+    #: Whether the checkpoint being restored split the data over another number of ranks.
+    data_layout_changed: bool = False
 
     def __init__(self, config: RunnerConfig | Mapping[str, Any]) -> None:
         config = config if isinstance(config, RunnerConfig) else RunnerConfig(config)
@@ -184,12 +186,19 @@ class ParallelRunner(TorchRunner):
             self.topology.axes,
             allow_degree_change=self.config.parallel.allow_degree_change,
         )
+        # loader positions belong to the old split of the data; the loop finds its place by batch count instead
+        self.data_layout_changed = any(axis in self.topology.domain_axes("data") for axis in changed)
         runner = checkpoint.get("runner")
         if changed and isinstance(runner, Mapping) and isinstance(runner.get("parallel"), Mapping):
             # the degrees were checked above; the rest of the config must still match
             parallel = {**runner["parallel"], "axes": dict(self.config.parallel.axes)}
             checkpoint = {**checkpoint, "runner": {**runner, "parallel": parallel}}
         super().load_state_dict(checkpoint)
+
+    def load_dataloaders(self, state_dict: Any) -> None:
+        """Restore loader positions, unless the data was split over another number of ranks when saved."""
+        if not self.data_layout_changed:
+            super().load_dataloaders(state_dict)
 
     def load_model(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
         """Load model weights, sharded (from a DCP checkpoint) or full (an export), into the sharded model."""
