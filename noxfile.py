@@ -71,7 +71,7 @@ PACKAGES: dict[str, dict[str, list[str] | str]] = {
     "runner-parallel": {
         "distribution": "danling-runner-parallel",
         "own": ["danling.runners.parallel_runner"],
-        "requires": ["danling.runners", "torchft"],
+        "requires": ["danling.runners", "torchft", "torch.distributed.fsdp", "torch.distributed.tensor.parallel"],
         "absent": ["danling.runners.deepspeed_runner", "deepspeed"],
         "test_deps": [],
     },
