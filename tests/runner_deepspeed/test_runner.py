@@ -10,7 +10,7 @@ import torch
 import danling
 from danling.runners import DeepSpeedRunner, Runner, TorchRunner
 from danling.runners.deepspeed_runner import DeepSpeedCheckpointManager, DeepSpeedConfigError, DeepSpeedStepContainer
-from tests.runner_deepspeed.toy_runners import Classify, StopsInThirdEpoch, config, module_state
+from tests.runner_deepspeed.toy_runners import Classify, StopsInThirdEpoch, config, module_state, zero
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_the_deepspeed_stack_is_registered(tmp_path, runners):
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_one_process_trains_as_torch_runner_does(tmp_path, runners, stage):
     """fp32, two accumulated micro-batches of different weights per step: the same weights as TorchRunner."""
-    settings = {"accum_steps": 2, "max_grad_norm": 0.5, "deepspeed": {"zero_optimization": {"stage": stage}}}
+    settings = {"accum_steps": 2, "max_grad_norm": 0.5, "deepspeed": zero(stage)}
     deepspeed = Classify(config(tmp_path / "ds", **settings))
     runners.append(deepspeed)
     reference = Classify(config(tmp_path / "torch", stack="ddp", **settings))
@@ -56,7 +56,7 @@ def test_one_process_trains_as_torch_runner_does(tmp_path, runners, stage):
 
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_bf16_training_lowers_the_loss(tmp_path, runners, stage):
-    runner = Classify(config(tmp_path, precision="bf16", deepspeed={"zero_optimization": {"stage": stage}}))
+    runner = Classify(config(tmp_path, precision="bf16", deepspeed=zero(stage)))
     runners.append(runner)
     results = runner.train()
     assert next(runner.unwrap(runner.model).parameters()).dtype == torch.bfloat16
@@ -64,7 +64,7 @@ def test_bf16_training_lowers_the_loss(tmp_path, runners, stage):
 
 
 def test_export_loads_as_pretrained_into_a_torch_runner(tmp_path, runners):
-    runner = Classify(config(tmp_path / "ds", deepspeed={"zero_optimization": {"stage": 3}}))
+    runner = Classify(config(tmp_path / "ds", deepspeed=zero(3)))
     runners.append(runner)
     runner.train()
     loss = runner.evaluate()["val"]["loss"]

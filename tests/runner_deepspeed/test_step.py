@@ -16,6 +16,7 @@ from danling.runners.deepspeed_runner import (
     build_engine,
     init_deepspeed_distributed,
 )
+from tests.runner_deepspeed.toy_runners import zero
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def batches():
 def engine_and_container(stage):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
-    settings = {"zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True}
+    settings = {**zero(stage), "zero_allow_untested_optimizer": True}
     config = build_deepspeed_config(settings, micro_batch_size=5, accum_steps=2, op_available=lambda op: True)
     engine = build_engine(model, torch.optim.SGD(model.parameters(), lr=0.5), config)
     return engine, DeepSpeedStepContainer(engine, normalize=True, world_size=1)

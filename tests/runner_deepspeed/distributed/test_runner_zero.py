@@ -28,6 +28,7 @@ from tests.runner_deepspeed.toy_runners import (
     config,
     module_state,
     skip_inference_shm_op,
+    zero,
 )
 
 pytestmark = pytest.mark.distributed
@@ -43,7 +44,7 @@ def _listed(state):
 
 
 def _train(root, stage, precision):
-    runner = Classify(config(root, precision=precision, deepspeed={"zero_optimization": {"stage": stage}}, **SETTINGS))
+    runner = Classify(config(root, precision=precision, deepspeed=zero(stage), **SETTINGS))
     try:
         results = runner.train()
         evaluation = runner.evaluate()["val"]["loss"]
@@ -60,7 +61,7 @@ def _train(root, stage, precision):
 
 
 def _resume(root, stage):
-    settings = {"deepspeed": {"zero_optimization": {"stage": stage}}, **SETTINGS}
+    settings = {"deepspeed": zero(stage), **SETTINGS}
     stopped = StopsInThirdEpoch(config(root, **settings))
     try:
         stopped.train()
