@@ -188,7 +188,9 @@ def lightning_loop(dataset: TensorDataset, steps: int) -> tuple[float, float, fl
             self.clock.append((time.perf_counter(), time.process_time()))
 
     module, loader = Module(), make_loader(dataset)
-    with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()):
+    with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # Lightning's own use of a torch API that torch deprecated; nothing the user could change
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.")
         start = time.perf_counter()
         trainer = lightning.Trainer(
             accelerator="cpu",
@@ -354,17 +356,20 @@ def training_cases(
 
         return case
 
+    frameworks = {}
+    for name, (distribution, loop) in FRAMEWORKS.items():
+        if importlib.util.find_spec(distribution) is None:
+            print(f"{name}: not installed, skipped (uv run --group bench benchmarks/runner_overhead.py runs it)")
+        else:
+            frameworks[f"step: {name}"] = built(f"step: {name}", functools.partial(loop, dataset, steps))
     cases: dict[str, Callable[[], tuple[float, float]]] = {}
     for mode, epoch_mode in (("step", False), ("epoch", True)):
         cases[f"{mode}: raw"] = functools.partial(raw_loop, dataset, steps, epoch_mode=epoch_mode)
         for variant, options in RUNNER_VARIANTS.items():
             run = functools.partial(runner_loop, dataset, steps, epoch_mode=epoch_mode, **options)
             cases[f"{mode}: {variant}"] = built(f"{mode}: {variant}", run)
-    for name, (distribution, loop) in FRAMEWORKS.items():
-        if importlib.util.find_spec(distribution) is None:
-            print(f"{name}: not installed, skipped (uv run --group bench benchmarks/runner_overhead.py runs it)")
-            continue
-        cases[f"step: {name}"] = built(f"step: {name}", functools.partial(loop, dataset, steps))
+        if not epoch_mode:
+            cases.update(frameworks)
     return cases
 
 
@@ -405,12 +410,10 @@ def main() -> None:
     dataset = make_data()
     builds: dict[str, list[float]] = {}
     cases = training_cases(dataset, args.steps, builds)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Lightning's advice to use loader workers (they would not help here)
-        interleave(cases, 1)  # warm up imports, allocator and caches
-        for values in builds.values():
-            values.clear()
-        timings = interleave(cases, args.repeats)
+    interleave(cases, 1)  # warm up imports, allocator and caches
+    for values in builds.values():
+        values.clear()
+    timings = interleave(cases, args.repeats)
     print_training(timings, builds, args.steps, args.repeats)
     for width in (256, 1024):
         print_checkpoint_costs(dataset, width, args.checkpoint_repeats)
