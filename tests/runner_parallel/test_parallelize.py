@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from danling.runners import RunnerConfig
@@ -62,3 +63,13 @@ def test_one_rank_applies_activation_checkpointing_and_nothing_to_shard():
     assert parallelize(model, _context(), config) is model
     assert all(hasattr(layer.forward, "__danling_checkpointed__") for layer in model.layers)
     assert not any(hasattr(layer, "reshard") for layer in model.layers)  # FSDP left out: one rank holds everything
+
+
+def test_compile_is_per_block_and_in_place():
+    config = RunnerConfig(compile={"enable": True, "backend": "eager"})
+    model = Transformer(vocab_size=5, dim=4, num_layers=2, num_heads=1)
+    names = [name for name, _ in model.named_parameters()]
+    assert parallelize(model, _context(), config) is model
+    assert all(layer._compiled_call_impl is not None for layer in model.layers)
+    assert [name for name, _ in model.named_parameters()] == names  # no ``_orig_mod.`` prefixes
+    assert model(torch.randint(0, 5, (2, 3))).shape == (2, 3, 5)

@@ -6,6 +6,7 @@ resume below.  One pair of processes then runs, in order:
 
 - FSDP2 (shard=-1 -> 2) with activation checkpointing, 4 samples per rank: two epochs, a
   checkpoint after each, and the final ``model.safetensors`` export;
+- an FSDP2 run that loads that export as ``pretrained``;
 - a fresh FSDP2 run that resumes the first run's epoch-1 checkpoint and trains epoch 2;
 - an FSDP2 run that resumes the one-process checkpoint (1 -> 2 shards) and trains epoch 2;
 - data parallel without FSDP (DDP over shard=2);
@@ -76,6 +77,11 @@ def _workers(rank, world_size, root, single_checkpoint):
     results["checkpoints"] = first.checkpoint_manager.directory
     results["degrees"] = (first.shard_degree, first.data_degree, first.data_rank, first.tensor_degree, first.fsdp_mode)
     first.close()
+
+    export = os.path.join(results["checkpoints"], "model.safetensors")
+    pretrained = TransformerRunner(config(f"{root}/pretrained", 4, pretrained=export, **FSDP))
+    results["pretrained"] = _plain(full_parameters(pretrained))
+    pretrained.close()
 
     resumed = TransformerRunner(config(f"{root}/resumed", 4, resume=_epoch_one(results["checkpoints"]), **FSDP))
     results["resumed epoch"] = resumed.train_state.epoch
@@ -197,6 +203,14 @@ def test_export_loads_as_pretrained_in_a_torch_runner(runs):
     loaded = full_parameters(runner)
     runner.close()
     assert _difference(workers[0]["fsdp"], loaded) == 0.0
+
+
+def test_export_loads_as_pretrained_into_sharded_runs(runs):
+    _, _, workers = runs
+    assert all(
+        _difference(worker["pretrained"], {k: torch.tensor(v) for k, v in worker["fsdp"].items()}) == 0.0
+        for worker in workers
+    )
 
 
 def test_tensor_parallel_training_equals_unsharded(runs):

@@ -101,7 +101,7 @@ def two_process():
 @pytest.mark.parametrize("name", ["block", "transformer", "config plan"])
 def test_tensor_parallel_equals_unsharded(two_process, name):
     differences = [result[name] for result in two_process]
-    assert max(differences) < 1e-5, differences
+    assert max(differences) < 1e-6, differences  # SGD: rounding differences stay at float32's level
 
 
 def test_block_is_sharded_and_typos_are_errors(two_process):

@@ -10,7 +10,9 @@ same norm of the whole model's gradient.  ``clip_grad_norm_`` scales by it;
 non-finite check every rank agrees on, and a shard-aware gradient scaler for fp16.
 
 Everything element-wise (scaling, clamping, finiteness) runs on the local shards directly:
-the same arithmetic as on the ``DTensor``, without its per-operation dispatch.
+the same arithmetic as on the ``DTensor``, without its per-operation dispatch.  Gradients that
+still hold a pending sum (``Partial``: a sequence-parallel norm's, without FSDP) are summed first
+(``reduce_partial_gradients``); norms or clamps of their parts would be wrong.
 """
 
 from __future__ import annotations
@@ -22,17 +24,45 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch import distributed as dist
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Replicate
 
 from danling.runners.distributed import any_rank
 from danling.runners.step import OptimizerContainer
 
-__all__ = ["ParallelOptimizerContainer", "build_sharded_grad_scaler", "clip_grad_norm_", "local_tensors", "total_norm"]
+__all__ = [
+    "ParallelOptimizerContainer",
+    "build_sharded_grad_scaler",
+    "clip_grad_norm_",
+    "local_tensors",
+    "reduce_partial_gradients",
+    "total_norm",
+]
 
 
 def local_tensors(tensors: Iterable[Tensor]) -> list[Tensor]:
     """This rank's part of each tensor: the local shard of a ``DTensor``, a plain tensor as it is."""
     return [tensor.to_local() if isinstance(tensor, DTensor) else tensor for tensor in tensors]
+
+
+def _reduced(tensor: Tensor) -> Tensor:
+    """``tensor`` with pending sums (``Partial`` placements) carried out; other tensors as they are."""
+    if isinstance(tensor, DTensor) and any(placement.is_partial() for placement in tensor.placements):
+        placements = [Replicate() if placement.is_partial() else placement for placement in tensor.placements]
+        return tensor.redistribute(tensor.device_mesh, placements)
+    return tensor
+
+
+def reduce_partial_gradients(parameters: Iterable[Tensor]) -> None:
+    r"""
+    Carry out the pending sums of gradients that are still ``Partial`` ``DTensor``\ s, in place.
+
+    A replicated parameter used on sharded activations (a sequence-parallel norm) gets a gradient
+    that each rank holds only a part of until the optimizer's update sums it; clamping or taking
+    norms of those parts would be wrong.  FSDP's reduce-scatter leaves no such gradients.
+    """
+    for parameter in parameters:
+        if parameter.grad is not None:
+            parameter.grad = _reduced(parameter.grad)
 
 
 def _split_dims(tensor: Tensor) -> tuple[Any, tuple[int, ...]]:
@@ -49,8 +79,8 @@ def total_norm(
     The ``norm_type``-norm of all ``grads`` together, sharded or not, identical on every rank.
 
     Args:
-        grads: Gradients: plain tensors (taken as they are) and ``DTensor``\ s (reduced over the
-            mesh dimensions that shard them).
+        grads: Gradients: plain tensors (taken as they are) and ``DTensor``\ s (pending sums
+            carried out first, then reduced over the mesh dimensions that shard them).
         norm_type: ``p`` of the p-norm (``inf`` for the largest magnitude).
         stage_groups: Process groups across which ranks hold *different* plain parameters
             (pipeline stages): the partial norms are summed (or maxed) over them.
@@ -64,7 +94,7 @@ def total_norm(
     """
     inf = math.isinf(norm_type)
     groups: dict[Any, tuple[Any, tuple[int, ...], list[Tensor]]] = {}
-    for grad in grads:
+    for grad in map(_reduced, grads):
         mesh, dims = _split_dims(grad)
         local = grad.to_local() if isinstance(grad, DTensor) else grad
         key = (id(mesh), dims, local.device)
@@ -141,6 +171,8 @@ class ParallelOptimizerContainer(OptimizerContainer):
 
     def clip_gradients(self) -> Tensor | None:
         """Clip by value (element-wise, on the shards), then by the total norm over the mesh."""
+        if self.max_grad_value is not None or self.max_grad_norm is not None:
+            reduce_partial_gradients(self.parameters)
         if self.max_grad_value is not None:
             gradients = self.gradients()
             torch._foreach_clamp_min_(gradients, -self.max_grad_value)

@@ -142,7 +142,9 @@ class ParallelRunner(TorchRunner):
 
     def build_optimizer_container(self) -> None:
         """``ParallelOptimizerContainer``: clipping by the norm over the mesh, agreed skips, sharded fp16 scaling."""
-        self.scaler = build_sharded_grad_scaler(self.device, self.autocast_dtype) if self.optimizer else None
+        self.scaler = (
+            build_sharded_grad_scaler(self.device, self.autocast_dtype) if self.optimizer is not None else None
+        )
         if self.optimizer is None:
             self.optimizer_container = None
             return

@@ -31,6 +31,7 @@ __all__ = [
     "ParallelTopology",
     "build_device_mesh",
     "build_topology",
+    "default_mesh_device_type",
 ]
 
 #: The mesh axes, outermost (slowest-varying rank coordinate) first.
