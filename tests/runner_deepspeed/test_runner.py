@@ -76,23 +76,27 @@ def test_export_loads_as_pretrained_into_a_torch_runner(tmp_path, runners):
 
 
 def test_interrupted_run_resumes_from_latest_and_from_checkpoint_restores(tmp_path, runners):
-    stopped = StopsInThirdEpoch(config(tmp_path / "resumed"))
+    """With an EMA of the weights (saved in the client state) and shuffled batches (RNG and sampler state)."""
+    settings = {"ema": {"decay": 0.9}, "dataloader": {"batch_size": 4, "shuffle": True}}
+    stopped = StopsInThirdEpoch(config(tmp_path / "resumed", **settings))
     runners.append(stopped)
     with pytest.raises(KeyboardInterrupt):
         stopped.train()
     stopped.close()
-    resumed = Classify(config(tmp_path / "resumed", auto_resume=True))
+    resumed = Classify(config(tmp_path / "resumed", auto_resume=True, **settings))
     runners.append(resumed)
     assert (
         resumed.train_state.epoch == 2 and resumed.train_state.global_step == 32 and resumed.config.resume == "latest"
     )
     resumed.train()
-    control = Classify(config(tmp_path / "control"))
+    control = Classify(config(tmp_path / "control", **settings))
     runners.append(control)
     control.train()
-    expected = module_state(control)
+    expected, expected_ema = module_state(control), control.ema.state_dict()
     for name, value in module_state(resumed).items():
         assert torch.equal(value, expected[name]), name
+    for name, value in resumed.ema.state_dict().items():
+        assert torch.equal(value, expected_ema[name]), name
     restored = Classify.from_checkpoint(resumed.workspace.checkpoint_dir)
     runners.append(restored)
     assert isinstance(restored, DeepSpeedRunner) and restored.train_state.global_step == 48
@@ -134,6 +138,7 @@ def test_evaluation_and_inference_need_no_optimizer(tmp_path, runners):
         ({"skip_nonfinite_grad": True}, r"skip_nonfinite_grad=True is not supported .* in full precision"),
         ({"deepspeed": {"zero_optimization": {"stage": 5}}}, r"zero_optimization.stage=5 is invalid"),
         ({"checkpoint": {"backend": "file"}}, r"checkpoint.backend must be 'deepspeed' \(or 'auto'\), got 'file'"),
+        ({"ema": {"decay": 0.9}, "deepspeed": zero(3)}, r"an EMA .* needs whole parameters .* ZeRO stage 3"),
     ],
 )
 def test_bad_settings_fail_before_training(tmp_path, deepspeed_ready, overrides, message):

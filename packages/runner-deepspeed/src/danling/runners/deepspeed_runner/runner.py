@@ -120,7 +120,7 @@ class DeepSpeedRunner(TorchRunner):
                 "config.sched needs the runner's optimizer (config.optim); with deepspeed.optimizer, "
                 "configure deepspeed.scheduler instead"
             )
-        return build_deepspeed_config(
+        config = build_deepspeed_config(
             user,
             micro_batch_size=micro_batch_size,
             world_size=self.world_size,
@@ -131,6 +131,12 @@ class DeepSpeedRunner(TorchRunner):
             client_optimizer=self.optimizer is not None,
             client_scheduler=self.scheduler is not None,
         )
+        if self.ema is not None and config.get("zero_optimization", {}).get("stage", 0) == 3:
+            raise DeepSpeedConfigError(
+                "an EMA (config.ema or self.ema) needs whole parameters after each step, and ZeRO stage 3 "
+                "partitions them; use ZeRO stage 0-2 with an EMA"
+            )
+        return config
 
     def build_optimizer_container(self) -> None:
         """Build the engine around the module and optimizer, and a step container that goes through it."""
