@@ -19,12 +19,12 @@ from danling.runners import TorchRunner
 
 
 class Preemptible(TorchRunner):
-    def __init__(self, config, sleep: float) -> None:
+    def __init__(self, config, sleep: float, dropout: float) -> None:
         super().__init__(config)
         generator = torch.Generator().manual_seed(0)
         inputs = torch.randn(96, 8, generator=generator)
         self.datasets.train = torch.utils.data.TensorDataset(inputs, (inputs.sum(-1) > 0).long())
-        self.model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 2))
+        self.model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 2))
         self.criterion = nn.CrossEntropyLoss()
         self.sleep = sleep
 
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("root")
     parser.add_argument("steps", type=int)
     parser.add_argument("--sleep", type=float, default=0.05)
+    parser.add_argument("--dropout", type=float, default=0.1)
     args = parser.parse_args()
     config = {
         "workspace_root": args.root,
@@ -54,7 +55,7 @@ def main() -> None:
         "dataloader": {"batch_size": 8, "shuffle": True},
         "checkpoint": {"interval": 5},
     }
-    runner = Preemptible(config, args.sleep)
+    runner = Preemptible(config, args.sleep, args.dropout)
     with open(os.path.join(args.root, f"pid-{runner.rank}"), "w") as file:
         file.write(str(os.getpid()))
     runner.train()

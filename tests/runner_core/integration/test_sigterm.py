@@ -22,7 +22,10 @@ STEPS = 30
 
 def launch(root: Path, *, ranks: int = 1, sleep: float = 0.05) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(SCRIPT), str(root), str(STEPS), "--sleep", str(sleep)]
+    # Under DDP, file checkpoints hold rank 0's RNG state only, so a resumed rank 1 draws other dropout
+    # masks than it would have: the DDP case trains without dropout (see the runner-core README).
+    dropout = "0.1" if ranks == 1 else "0.0"
+    command = [sys.executable, str(SCRIPT), str(root), str(STEPS), "--sleep", str(sleep), "--dropout", dropout]
     if ranks > 1:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
         command = [*torchrun, *command[1:]]
