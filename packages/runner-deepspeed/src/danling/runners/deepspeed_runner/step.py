@@ -127,8 +127,11 @@ class DeepSpeedStepContainer:
         if self.normalize:
             factor = self.window.gradient_scale(self.world_size)
             self.window.reset()
-        with rescaled_gradients(self.engine, factor):
+        if factor is None or factor == 1.0:
             self.engine.step()
+        else:
+            with rescaled_gradients(self.engine, factor):
+                self.engine.step()
         applied = bool(self.engine.was_step_applied())
         self.grad_norm = self.engine.get_global_grad_norm()
         if applied and self.scheduler is not None and self.scheduler.interval == "step":
