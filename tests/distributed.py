@@ -103,13 +103,16 @@ def _entry(
         # Every rank has finished connecting before any runs (and may tear the group down): a rank that
         # leaves early would otherwise close sockets that a slower peer is still setting up.
         dist.barrier()
-        value = fn(rank, world_size, *args)
-        results.put((rank, True, value))
+        outcome = (rank, True, fn(rank, world_size, *args))
     except BaseException:  # report every failure, including assertion errors, to the parent
-        results.put((rank, False, traceback.format_exc()))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        outcome = (rank, False, traceback.format_exc())
+    # Deliver the outcome before tearing anything down: the queue's feeder thread sends it, and
+    # torch 2.6's destroy_process_group can block holding the GIL once a peer has gone.
+    results.put(outcome)
+    results.close()
+    results.join_thread()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class _Run:
@@ -177,7 +180,7 @@ class _Run:
     def stop(self, succeeded: bool) -> None:
         """Let finished ranks exit (they tear their group down); kill any rank still running after a failure."""
         for process in self.processes:
-            process.join(timeout=30 if succeeded else 5)
+            process.join(timeout=10 if succeeded else 5)
             if process.is_alive():
                 process.kill()
                 process.join()
