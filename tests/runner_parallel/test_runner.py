@@ -73,3 +73,13 @@ def test_dcp_round_trip_in_one_process(runner, tmp_path):
     assert all(torch.equal(restored[name], value) for name, value in trained.items())
     assert fresh.optimizer.state_dict()["state"][0]["step"] == 2
     fresh.close()
+
+
+def test_fp16_steps_through_a_grad_scaler(tmp_path):
+    runner = TransformerRunner(config(str(tmp_path), 8, epochs=1, precision="fp16"))
+    before = full_parameters(runner)
+    runner.train()
+    after = full_parameters(runner)
+    runner.close()
+    assert type(runner.scaler) is torch.amp.GradScaler  # one process; two get a ShardedGradScaler
+    assert runner.train_state.global_step == 2 and any(not torch.equal(before[k], after[k]) for k in before)

@@ -9,6 +9,7 @@ resume below.  One pair of processes then runs, in order:
 - an FSDP2 run that loads that export as ``pretrained``;
 - a fresh FSDP2 run that resumes the first run's epoch-1 checkpoint and trains epoch 2;
 - an FSDP2 run that resumes the one-process checkpoint (1 -> 2 shards) and trains epoch 2;
+- FSDP2 with fp16 autocast and a ``ShardedGradScaler``;
 - data parallel without FSDP (DDP over shard=2);
 - tensor parallel (tensor=2) on the example transformer: both ranks read the same 8 samples;
 - a resume of that tensor-parallel checkpoint on a shard=2 mesh, which must be refused.
@@ -95,6 +96,18 @@ def _workers(rank, world_size, root, single_checkpoint):
     results["widened"] = _plain(full_parameters(widened))
     widened.close()
 
+    half = TransformerRunner(config(f"{root}/fp16", 4, precision="fp16", **FSDP))
+    before = full_parameters(half)
+    half.train()  # fp16 overflows at the initial loss scale: some steps are skipped, on both ranks alike
+    changed = any(not torch.equal(before[name], value) for name, value in full_parameters(half).items())
+    results["fp16"] = (
+        type(half.scaler).__name__,
+        half.train_state.global_step,
+        float(half.scaler.get_scale()),
+        changed,
+    )
+    half.close()
+
     replicated = TransformerRunner(config(f"{root}/ddp", 4, parallel={"axes": {"shard": 2}}))
     results["ddp wrapped"] = type(replicated.model).__name__
     replicated.train()
@@ -153,6 +166,13 @@ def test_data_parallel_without_fsdp_is_ddp_and_equals_one_process(runs):
     _, references, workers = runs
     assert workers[0]["ddp wrapped"] == "DistributedDataParallel"
     assert max(_difference(worker["ddp"], references[2]) for worker in workers) < 1e-5
+
+
+def test_fp16_scaling_agrees_across_ranks(runs):
+    _, _, workers = runs
+    scaler, steps, scale, changed = workers[0]["fp16"]
+    assert scaler == "ShardedGradScaler" and 0 < steps < 4 and scale < 2.0**16 and changed
+    assert workers[1]["fp16"] == workers[0]["fp16"]
 
 
 def test_checkpoint_records_topology(runs):

@@ -138,9 +138,11 @@ def clip_grad_norm_(
 
 
 def build_sharded_grad_scaler(device: torch.device, dtype: torch.dtype | None) -> Any:
-    """A ``ShardedGradScaler`` for fp16 (it agrees on overflow across ranks and handles sharded gradients)."""
+    """A ``ShardedGradScaler`` for fp16 (it agrees on overflow across ranks); one process gets a plain ``GradScaler``."""
     if dtype is not torch.float16:
         return None
+    if not (dist.is_available() and dist.is_initialized()):
+        return torch.amp.GradScaler(device.type)
     from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
     return ShardedGradScaler(device=device.type)
