@@ -24,6 +24,8 @@ from torch.utils.data.distributed import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler
 
+from .distributed import broadcast_object
+
 __all__ = [
     "RandomBatchSampler",
     "build_dataloader",
@@ -84,7 +86,9 @@ def build_sampler(
     """
     if isinstance(dataset, IterableDataset):
         return None
-    seed = _draw_seed() if seed is None else seed
+    if seed is None:
+        # every rank must shuffle with the same seed, or the shards overlap: rank 0 draws it for all
+        seed = broadcast_object(_draw_seed()) if world_size > 1 else _draw_seed()
     if world_size > 1:
         return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
     if shuffle:

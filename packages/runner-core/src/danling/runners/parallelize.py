@@ -16,8 +16,8 @@ recomputation), compilation before DDP (DDP's hooks stay outside the graph).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping
+import types
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -158,15 +158,13 @@ def _op_context() -> Any:
     return create_selective_checkpoint_contexts(_saved_ops_policy)
 
 
-def _checkpointed(forward: Callable[..., Any], op_selective: bool) -> Callable[..., Any]:
-    extra = {"context_fn": _op_context} if op_selective else {}
+def _checkpointed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The block's own ``forward``, run under ``torch.utils.checkpoint`` (bound to the block on the instance)."""
+    extra = {"context_fn": _op_context} if self.__dict__.get("_activation_checkpoint_mode") == "op" else {}
+    return checkpoint(type(self).forward.__get__(self), *args, use_reentrant=False, **extra, **kwargs)
 
-    @functools.wraps(forward)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        return checkpoint(forward, *args, use_reentrant=False, **extra, **kwargs)
 
-    run.__danling_checkpointed__ = True  # type: ignore[attr-defined]
-    return run
+_checkpointed_forward.__danling_checkpointed__ = True  # type: ignore[attr-defined]
 
 
 def apply_activation_checkpointing(model: nn.Module, policy: Any) -> nn.Module:
@@ -195,7 +193,9 @@ def apply_activation_checkpointing(model: nn.Module, policy: Any) -> nn.Module:
     for index, block in enumerate(blocks):
         if index % resolved.every or hasattr(block.forward, "__danling_checkpointed__"):
             continue
-        block.forward = _checkpointed(block.forward, op_selective=resolved.mode == "op")
+        # a method bound to the block (not a closure over it): a deep copy (an EMA) binds to the copy
+        block._activation_checkpoint_mode = resolved.mode
+        block.forward = types.MethodType(_checkpointed_forward, block)
     return model
 
 
