@@ -45,7 +45,22 @@ def test_import_danling_is_lazy():
     assert loaded.strip() == "[]"
 
 
-def test_missing_backend_distribution_is_named():
+def test_missing_backend_distribution_is_named(monkeypatch):
+    """Where danling-runner-deepspeed is not installed, the error says to install it."""
+    import importlib
+
+    import danling.runners
+
+    real_import_module = importlib.import_module
+
+    def without_deepspeed_runner(name, *args, **kwargs):
+        if name.startswith("danling.runners.deepspeed_runner"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import_module(name, *args, **kwargs)
+
+    for namespace in (danling, danling.runners):
+        monkeypatch.delitem(vars(namespace), "DeepSpeedRunner", raising=False)
+        monkeypatch.setattr(namespace, "import_module", without_deepspeed_runner)
     with pytest.raises(ImportError, match="pip install danling-runner-deepspeed"):
         danling.DeepSpeedRunner  # noqa: B018
 

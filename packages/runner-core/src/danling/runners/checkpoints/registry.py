@@ -45,7 +45,7 @@ def checkpoint_manager_class(name: str) -> type:
         'FileCheckpointManager'
         >>> checkpoint_manager_class("tape")
         Traceback (most recent call last):
-        ValueError: unknown checkpoint backend 'tape': registered backends are dcp, file
+        ValueError: unknown checkpoint backend 'tape': registered backends are dcp, ...file...
     """
     key = str(name).strip().lower()
     if key not in _MANAGERS:
