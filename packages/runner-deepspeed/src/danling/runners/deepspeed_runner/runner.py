@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
+import torch
 from torch import nn
 
 from danling.runners import RunnerConfig, TorchRunner
 from danling.runners.checkpointing import RunnerCheckpointing
 from danling.runners.checkpoints import CheckpointManager, fresh_entries
 from danling.runners.parallelize import apply_activation_checkpointing
+from danling.runners.step import NO_CONTEXT
 
 from .checkpoint import ENGINE_STATE, DeepSpeedCheckpointManager
 from .config import DeepSpeedConfigError, build_deepspeed_config, precision_section
@@ -163,6 +166,39 @@ class DeepSpeedRunner(TorchRunner):
             world_size=engine.dp_world_size,
             meters=self.meters,
         )
+
+    # evaluation and inference under ZeRO-3
+
+    def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
+        """``TorchRunner.evaluate_step``; under ZeRO-3 without ``inference_mode`` (see ``_gathering_context``)."""
+        with self._gathering_context():
+            return super().evaluate_step(data)
+
+    def infer_step(self, data: Any) -> list[Any]:
+        """``TorchRunner.infer_step``; under ZeRO-3 without ``inference_mode`` (see ``_gathering_context``)."""
+        if not self._partitions_parameters:
+            return super().infer_step(data)
+        with self._gathering_context():
+            return TorchRunner.infer_step.__wrapped__(self, data)  # the undecorated step: no inference_mode
+
+    @property
+    def _partitions_parameters(self) -> bool:
+        return is_engine(self.model) and self.model.zero_optimization_stage() == 3
+
+    def _gathering_context(self) -> AbstractContextManager:
+        """``no_grad`` instead of the loops' ``inference_mode`` under ZeRO-3.
+
+        ZeRO-3 gathers each layer's parameters in its forward; gathered inside ``inference_mode``,
+        they are inference tensors, and a layer whose gathered weights outlive the evaluation (an
+        all-gather in flight, a prefetch) breaks the next training step ("Inference tensors cannot
+        be saved for backward").
+        """
+        if not self._partitions_parameters:
+            return NO_CONTEXT
+        stack = ExitStack()
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.no_grad())
+        return stack
 
     # 4. checkpoints
 
