@@ -119,6 +119,19 @@ def test_pretrained_from_a_deepspeed_checkpoint_loads_the_module_only(tmp_path, 
     tuned.train()  # the fp32 master weights were refreshed: the first step starts from the loaded weights
 
 
+def test_compile_enable_compiles_the_engine(tmp_path, runners):
+    """``compile.enable`` goes to ``engine.compile`` (the eager backend: dynamo's capture, no code generation)."""
+    compiled = Classify(config(tmp_path / "compiled", epochs=1, compile={"enable": True, "backend": "eager"}))
+    plain = Classify(config(tmp_path / "plain", epochs=1))
+    runners.extend([compiled, plain])
+    compiled.train()
+    plain.train()
+    assert compiled.model.is_compiled and not plain.model.is_compiled
+    expected = module_state(plain)
+    for name, value in module_state(compiled).items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_evaluation_and_inference_need_no_optimizer(tmp_path, runners):
     runner = Classify(config(tmp_path, optim={}, deepspeed={"zero_optimization": {"stage": 0}}))
     runners.append(runner)
