@@ -31,6 +31,7 @@ How it runs, with no padding:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from math import prod
 from typing import Any
 
@@ -202,13 +203,22 @@ def median(func, args, kwargs) -> tuple[Tensor, Tensor]:
 # ---------------------------------------------------------------------------------------------- quantile
 
 
+@cache
+def _ranks_in_float64() -> bool:
+    """Whether this torch computes quantile ranks in float64 whatever the input dtype.
+
+    Newer torch does (0.3 of 10 in float32 is just above 3, so ``higher`` reads rank 4); torch 2.6
+    computes them in the dtype of ``q`` (``higher`` reads rank 3). Asked of torch once, on 11 values.
+    """
+    return torch.quantile(torch.arange(11.0), 0.3, interpolation="higher").item() == 4.0
+
+
 def _ranks(q: Tensor, last: Tensor, nans: Tensor | None, interpolation: str) -> Tensor:
     """Fractional ranks of ``q`` (``(Q, 1)``) in cells whose last index is ``last``, as torch computes them.
 
-    Torch's ranks carry float64 precision whatever the input dtype (0.3 of 10 is just above 3, so
-    ``higher`` reads rank 4): they are computed in float64 here too.
+    In float64, or in the dtype of ``q`` where the running torch computes them so (``_ranks_in_float64``).
     """
-    ranks = q.to(torch.float64) * last
+    ranks = (q.to(torch.float64) if _ranks_in_float64() else q) * last
     if nans is None:  # nanquantile: the last index counts the values that are not NaN
         ranks = ranks.masked_fill(ranks < 0, 0)
     else:  # quantile: a NaN in the cell picks its last value, a NaN
