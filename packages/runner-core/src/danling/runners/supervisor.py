@@ -70,7 +70,9 @@ class RunnerSupervisor:
         workspace_dir: The run directory; heartbeat files go to ``{workspace_dir}/{heartbeat.dir_name}``.
         heartbeat: ``config.heartbeat`` (a ``HeartbeatConfig`` or mapping); ``None``: disabled.
         gc: ``config.gc`` (a ``GcConfig`` or mapping); ``None``: Python collects as usual.
-        rank, world_size, local_rank: This process's place in the run, reported in the heartbeat.
+        rank: This process's rank, reported in the heartbeat.
+        world_size: The number of processes of the run, reported in the heartbeat.
+        local_rank: This process's rank on its node, reported in the heartbeat.
         signals: Signals that request a graceful stop (names or numbers); add ``"SIGINT"`` to
             stop gracefully on Ctrl-C too.
         process_group: Group the ranks agree over; ``None`` uses the default group when it can

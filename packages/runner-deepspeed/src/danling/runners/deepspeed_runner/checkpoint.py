@@ -135,7 +135,9 @@ class DeepSpeedCheckpointManager(CheckpointManager):
             every rank takes part in DeepSpeed's save.
         engine: The ``DeepSpeedEngine`` to save and restore; ``read_config``, ``resolve`` and
             ``exists`` work without one.
-        interval / unit / tag: As for ``CheckpointManager``.
+        interval: As for ``CheckpointManager``.
+        unit: As for ``CheckpointManager``.
+        tag: As for ``CheckpointManager``.
     """
 
     is_collective = True

@@ -211,8 +211,8 @@ def build_deepspeed_config(
         precision: ``config.precision``.
         max_grad_norm: Clip the global gradient norm to this; ``None`` turns clipping off.
         device_type: ``"cpu"`` or ``"cuda"`` ...: fp16 is refused on the CPU.
-        client_optimizer / client_scheduler: Whether the runner hands DeepSpeed an optimizer /
-            scheduler of its own.
+        client_optimizer: Whether the runner hands DeepSpeed an optimizer of its own.
+        client_scheduler: Whether the runner hands DeepSpeed a scheduler of its own.
         op_available: Whether a DeepSpeed extension can be built (``op_compatible``).
 
     Raises:

@@ -154,7 +154,8 @@ class ParallelOptimizerContainer(OptimizerContainer):
     non-finite skip every rank agrees on, and (fp16) a ``ShardedGradScaler``.
 
     Args:
-        *args, **kwargs: As for ``OptimizerContainer``.
+        *args: As for ``OptimizerContainer``.
+        **kwargs: As for ``OptimizerContainer``.
         stage_groups: Process groups across which ranks hold different plain parameters (see
             ``total_norm``); empty without pipeline parallelism.
 
