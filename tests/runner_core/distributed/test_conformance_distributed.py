@@ -12,7 +12,6 @@ One pair of processes runs every scenario (starting them is the slow part):
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import TensorDataset
 
 from danling.runners import TorchRunner
+from danling.runners.distributed import set_group_timeout
 from tests.distributed import run_workers
 
 pytestmark = pytest.mark.distributed
@@ -110,12 +110,12 @@ def _train_timeout(root):
     fresh = TimeoutProbe(_config(os.path.join(root, "fresh"), comm={"train_timeout_seconds": 90}))
     fresh.train()
     fresh.close()
-    dist.set_timeout(timedelta(seconds=STARTING_TIMEOUT))  # as if the run started anew
+    set_group_timeout(STARTING_TIMEOUT)  # as if the run started anew
     resumed = TimeoutProbe(_config(os.path.join(root, "resumed"), comm={"train_timeout_seconds": 45}))
     resumed.train_state.global_step = 5  # as restored from a checkpoint
     resumed.train()
     resumed.close()
-    dist.set_timeout(timedelta(seconds=STARTING_TIMEOUT))
+    set_group_timeout(STARTING_TIMEOUT)
     return fresh.timeouts, resumed.timeouts
 
 
