@@ -25,8 +25,10 @@ def apply_model_parallel(
     model: nn.Module, parallel: ParallelContext, tensor_plan: Mapping[str, Any] | None = None
 ) -> nn.Module:
     r"""
-    Tensor (and later context and expert) parallelism: the model's ``parallelize(parallel)`` hook,
-    else ``tensor_plan`` over the tensor axis.
+    Tensor, context and expert parallelism: the model's ``parallelize(parallel)`` hook, else
+    ``tensor_plan`` over the tensor axis.  The hook takes the sub-meshes it needs from
+    ``parallel`` and calls ``apply_tp``, ``apply_cp`` (context), ``apply_ep`` (expert) or its own
+    transforms.
 
     The hook runs whenever the model defines it, even when every axis has degree 1 (it may
     register things the model needs either way); it changes the model in place (returning
@@ -97,8 +99,10 @@ def parallelize(
     Returns:
         The module to train (``model`` itself, changed in place, unless DDP wraps it).
     """
-    # 1. Tensor parallelism first: it turns parameters into DTensors on the tensor axis, which
-    #    FSDP then shards further (2-D); both need the module structure before any wrapper.
+    # 1. Model parallelism first, through the model's hook (tensor, context, expert): tensor and
+    #    expert parallelism turn parameters into DTensors on their axes, which FSDP then shards
+    #    further (2-D); context parallelism hooks the attention modules, which activation
+    #    checkpointing then recomputes inside the blocks.  All need the module structure unwrapped.
     model = apply_model_parallel(model, parallel, tensor_plan)
     # 2. Activation checkpointing around each block, before compiling (the graph then holds the
     #    recomputation) and before FSDP (FSDP's all-gathers stay outside the checkpointed region).
@@ -112,7 +116,11 @@ def parallelize(
         return model
     if config.fsdp.enabled:
         return apply_fsdp(model, fsdp_mesh(parallel, config.fsdp), config.fsdp)
-    model_split = [axis for axis in (*MODEL_PARALLEL_AXES, "pipeline") if parallel.degree(axis) > 1]
+    # Context ranks hold the whole model (they split activations, not weights): DDP over every
+    # rank, which is data x context when nothing else splits the model, averages their gradients too.
+    model_split = [
+        axis for axis in (*MODEL_PARALLEL_AXES, "pipeline") if axis != "context" and parallel.degree(axis) > 1
+    ]
     if model_split:
         raise ValueError(
             f"data parallelism (data degree {parallel.degree('data')}) on a model split over "

@@ -35,6 +35,7 @@ from danling.runners.dataloaders import build_dataloader, loader_kwargs
 from danling.runners.distributed import is_initialized
 from danling.runners.torch_runner import TorchRunner
 
+from .context_parallel import split_sequence
 from .gradients import ParallelOptimizerContainer, build_sharded_grad_scaler
 from .parallelize import parallelize
 from .resume import check_resumable, topology_metadata
@@ -75,6 +76,8 @@ class ParallelRunner(TorchRunner):
     device_mesh: Any = None
     #: Whether the checkpoint being restored split the data over another number of ranks.
     data_layout_changed: bool = False
+    #: The sequence dimension of batch tensors, which context parallelism splits across the context ranks.
+    context_sequence_dim: int = 1
 
     def __init__(self, config: RunnerConfig | Mapping[str, Any]) -> None:
         config = config if isinstance(config, RunnerConfig) else RunnerConfig(config)
@@ -122,6 +125,13 @@ class ParallelRunner(TorchRunner):
             self.dataloaders[split] = build_dataloader(
                 dataset, kwargs, collate_fn=self.collate_fn, world_size=self.data_degree, rank=self.data_rank
             )
+
+    def to_device(self, data: Any) -> Any:
+        """``data`` on the device; with context parallelism, only this rank's slice of every sequence."""
+        data = super().to_device(data)
+        if self.context_degree > 1:
+            data = split_sequence(data, self.context_rank, self.context_degree, dim=self.context_sequence_dim)
+        return data
 
     # hook 2: the model
 
