@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
+from danling.data import StepProxyLoader
 from danling.runners.checkpoints import fresh_entries
 from danling.runners.config import RunnerConfig
 from danling.runners.dataloaders import build_dataloader, loader_kwargs
@@ -38,6 +39,7 @@ from danling.runners.torch_runner import TorchRunner
 from .context_parallel import split_sequence
 from .gradients import ParallelOptimizerContainer, build_sharded_grad_scaler
 from .parallelize import parallelize
+from .pipeline_schedule import PipelineGradientWindow, PipelineRuntime, build_pipeline, middle_stage
 from .resume import check_resumable, topology_metadata
 from .topology import AXES, MODEL_PARALLEL_AXES, ParallelContext, ParallelTopology, build_device_mesh, build_topology
 
@@ -68,6 +70,8 @@ class ParallelRunner(TorchRunner):
         topology: Degrees of the axes and this rank's coordinates (``ParallelTopology``).
         parallel: The topology with its device mesh (``ParallelContext``), handed to ``model.parallelize``.
         device_mesh: The 7-D ``DeviceMesh`` (``None`` on one process).
+        pipeline: The pipeline schedule and this rank's stages (``PipelineRuntime``), when
+            ``parallel.axes.pipeline > 1``; ``model`` is then a ``PipelineModel`` of those stages.
     """
 
     default_checkpoint_backend = "dcp"
@@ -76,6 +80,7 @@ class ParallelRunner(TorchRunner):
     device_mesh: Any = None
     #: Whether the checkpoint being restored split the data over another number of ranks.
     data_layout_changed: bool = False
+    pipeline: PipelineRuntime | None = None
     #: The sequence dimension of batch tensors, which context parallelism splits across the context ranks.
     context_sequence_dim: int = 1
 
@@ -122,9 +127,11 @@ class ParallelRunner(TorchRunner):
             if split in self.dataloaders:
                 continue
             kwargs = loader_kwargs(config, split, is_train=split in train_splits, splits=splits)
-            self.dataloaders[split] = build_dataloader(
+            loader = build_dataloader(
                 dataset, kwargs, collate_fn=self.collate_fn, world_size=self.data_degree, rank=self.data_rank
             )
+            # middle pipeline stages get their inputs from the previous stage: they only count the steps
+            self.dataloaders[split] = StepProxyLoader(loader) if middle_stage(self.parallel, self.config) else loader
 
     def to_device(self, data: Any) -> Any:
         """``data`` on the device; with context parallelism, only this rank's slice of every sequence."""
@@ -138,13 +145,22 @@ class ParallelRunner(TorchRunner):
     def materialize_model(self) -> None:
         """The model on the device, then every parallelism in ``parallelize``'s fixed order."""
         model = self.model.to(self.device)
-        self.model = parallelize(
-            model,
-            self.parallel,
-            self.config,
-            tensor_plan=self.config.parallel.get("tensor_plan"),
-            device=self.device,
-        )
+        tensor_plan = self.config.parallel.get("tensor_plan")
+        if self.pipeline_degree > 1:
+            # cut into stages first: each stage is then parallelized as a model of its own
+            self.model, self.pipeline = build_pipeline(
+                model,
+                self.parallel,
+                self.config,
+                device=self.device,
+                criterion=self.criterion,
+                batch_size=self.config.get("dataloader.batch_size") if "dataloader" in self.config else None,
+                parallelize_part=lambda part: parallelize(
+                    part, self.parallel, self.config, tensor_plan=tensor_plan, device=self.device
+                ),
+            )
+        else:
+            self.model = parallelize(model, self.parallel, self.config, tensor_plan=tensor_plan, device=self.device)
         if isinstance(self.ema, torch.nn.Module):
             self.ema = self.ema.to(self.device)
 
@@ -158,6 +174,11 @@ class ParallelRunner(TorchRunner):
         if self.optimizer is None:
             self.optimizer_container = None
             return
+        if self.pipeline is not None and self.scaler is not None:
+            raise ValueError(
+                "precision='fp16' with pipeline parallelism is not supported: the schedule runs backward itself, "
+                "without the loss scaler; use precision='bf16' or fsdp.mp_policy"
+            )
         self.optimizer_container = ParallelOptimizerContainer(
             self.optimizer,
             self.schedule,
@@ -167,7 +188,74 @@ class ParallelRunner(TorchRunner):
             skip_nonfinite_grad=self.skip_nonfinite_grad,
             normalize=self.accum_steps > 1 or self.world_size > 1,
             world_size=self.world_size,
+            stage_groups=(self.pipeline_group,) if self.pipeline is not None else (),
         )
+        if self.pipeline is not None:  # only last stages see losses: the window counts theirs
+            self.optimizer_container.window = PipelineGradientWindow(pipeline_degree=self.pipeline_degree)
+
+    # steps through the pipeline schedule, when parallel.axes.pipeline > 1 (else TorchRunner's)
+
+    @property
+    def model_parts(self) -> list[torch.nn.Module]:
+        """This rank's pipeline stage modules; ``[model]`` without pipeline parallelism."""
+        return list(self.pipeline.parts) if self.pipeline is not None else [self.model]
+
+    @property
+    def pipeline_schedule(self) -> Any:
+        """The ``torch.distributed.pipelining`` schedule (``None`` without pipeline parallelism)."""
+        return None if self.pipeline is None else self.pipeline.schedule
+
+    @property
+    def pipeline_has_first_stage(self) -> bool:
+        """Whether this rank feeds the batch's inputs into the pipeline."""
+        return self.pipeline is None or self.pipeline.has_first_stage
+
+    @property
+    def pipeline_has_last_stage(self) -> bool:
+        """Whether this rank computes the loss from the batch's targets."""
+        return self.pipeline is None or self.pipeline.has_last_stage
+
+    def _pipeline_batch(self, data: Any) -> Any:
+        return None if data is None else self.to_device(data)  # middle stages get None (StepProxyLoader)
+
+    def train_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
+        """Through the pipeline: every micro-batch's forward and backward, then ``step()``; ``(None, loss)``.
+
+        The batch's accumulation weight (its loss normalizer) is taken on the last stage, which
+        scales its micro-batch losses by it; the returned loss is the batch's, on every stage.
+        """
+        if self.pipeline is None:
+            return super().train_step(data)
+        scale, container = 1.0, self.optimizer_container
+        if container is not None and container.normalize:
+            if self.pipeline.has_last_stage:
+                scale = container.window.loss_scale()
+            else:
+                container.window.pending = None
+        with self.forward_context():
+            loss = self.pipeline.train(self._pipeline_batch(data), scale)
+        self.step()
+        return None, loss
+
+    def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
+        """Through the pipeline, forward only: ``(None, loss)`` (``loss`` ``None`` without targets)."""
+        if self.pipeline is None:
+            return super().evaluate_step(data)
+        with self.forward_context():
+            return None, self.pipeline.evaluate(self._pipeline_batch(data))
+
+    @torch.inference_mode()
+    def infer_step(self, data: Any) -> list[Any]:
+        """Through the pipeline: the last stage's predictions (as ``TorchRunner.infer_step``), on every stage."""
+        if self.pipeline is None:
+            return super().infer_step(data)
+        with self.forward_context():
+            pred = self.pipeline.predict(self._pipeline_batch(data))
+        values: Any = []
+        if self.pipeline.has_last_stage:
+            values = pred.squeeze(-1).detach().cpu().tolist()
+            values = values if isinstance(values, list) else [values]
+        return self.pipeline.share_predictions(values)
 
     # hooks 4 and 5 are TorchRunner's: runner-core builds the DCP manager for "dcp", and FSDP2 and
     # tensor parallelism change modules in place, so ``unwrap`` has no wrapper of theirs to remove.
@@ -217,6 +305,9 @@ class ParallelRunner(TorchRunner):
         if self.model is None:
             raise ValueError("cannot restore model: model is not initialized")
         model = self.unwrap(self.model)
+        if self.pipeline is not None:  # a whole model's weights: this rank's stages take theirs
+            local = model.state_dict().keys()
+            state_dict = {key: value for key, value in state_dict.items() if key in local}
         full = any(isinstance(p, DTensor) for p in model.parameters()) and not any(
             isinstance(value, DTensor) for value in state_dict.values()
         )
