@@ -40,11 +40,24 @@ def _metadata_worker(rank: int, world_size: int) -> dict:
         meters.batch()
     results["container"] = str(error.value)
 
-    # The statistics are float64 whatever the input dtype, as in the reference: ranks that record
-    # float32 and float64 values agree on the metadata and reduce together.
+    # Ranks that record float32 and float64 values of the same shape disagree on the metadata
+    # (the statistics are float64 either way, but the inputs differ): told, never reduced together.
     mixed = AverageMeter()
     mixed.update(torch.tensor([1.0, 3.0], dtype=torch.float32 if rank == 0 else torch.float64), n=rank + 1)
-    results["mixed"] = mixed.avg.tolist()
+    with pytest.raises(ValueError) as error:
+        mixed.average()
+    results["mixed"] = str(error.value)
+    mixed_meters = AverageMeters()
+    mixed_meters.y.update(torch.ones(3, dtype=torch.float64 if rank == 0 else torch.float32))
+    with pytest.raises(ValueError) as error:
+        mixed_meters.batch()
+    results["mixed_container"] = str(error.value)
+    # The same dtype on every rank reduces, and the dtype survives a state dict round trip.
+    agreed = AverageMeter()
+    agreed.update(torch.tensor([1.0, 3.0], dtype=torch.float32), n=rank + 1)
+    restored = AverageMeter()
+    restored.load_state_dict(agreed.state_dict())
+    results["agreed"] = restored.avg.tolist()
 
     # A rank that never saw a value adopts the shape of the others.
     late = AverageMeter()
@@ -57,12 +70,19 @@ def _metadata_worker(rank: int, world_size: int) -> dict:
 @pytest.mark.distributed
 def test_inconsistent_tensor_metadata_across_ranks_is_worded_as_documented():
     results = run_workers(_metadata_worker, 2)
-    single = [((2,), "torch.float64"), ((3,), "torch.float64")]
-    container = [((2, 1), "torch.float64"), ((2, 2), "torch.float64")]
+    # The metadata names the dtype the values came in (torch.ones: float32).
+    single = [((2,), "torch.float32"), ((3,), "torch.float32")]
+    container = [((2, 1), "torch.float32"), ((2, 2), "torch.float32")]
+    mixed = [((2,), "torch.float32"), ((2,), "torch.float64")]
+    mixed_container = [((3,), "torch.float64"), ((3,), "torch.float32")]
     for result in results:
         assert result["single"] == f"AverageMeter received inconsistent tensor metadata across ranks: {single!r}"
         assert result["container"] == (
             f"AverageMeters received inconsistent tensor metadata for meter 'x': {container!r}"
         )
-        assert result["mixed"] == [1.0, 3.0]
+        assert result["mixed"] == f"AverageMeter received inconsistent tensor metadata across ranks: {mixed!r}"
+        assert result["mixed_container"] == (
+            f"AverageMeters received inconsistent tensor metadata for meter 'y': {mixed_container!r}"
+        )
+        assert result["agreed"] == [1.0, 3.0]
         assert result["late"] == [2.0, 4.0]

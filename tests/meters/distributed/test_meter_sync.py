@@ -116,7 +116,7 @@ def test_zero_counts_are_nan_and_shape_mismatch_fails_on_every_rank(meter_result
     world_size, results = meter_results
     for result in results:
         assert all(math.isnan(value) for value in result["empty"])
-        specs = [((2 + rank,), "torch.float64") for rank in range(world_size)]
+        specs = [((2 + rank,), "torch.float32") for rank in range(world_size)]  # the dtype of the values
         assert result["mismatch_error"].endswith(repr(specs))
 
 

@@ -47,6 +47,16 @@ def _as_count(n: Any) -> Count:
     raise ValueError(f"n must be an integer count, but got {n!r}")
 
 
+def _parse_dtype(name: str | None) -> torch.dtype | None:
+    """The dtype a state dict names (``"torch.float32"``), or None (a state saved before dtypes were kept)."""
+    if name is None:
+        return None
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"AverageMeter state names an unknown tensor dtype {name!r}; expected e.g. 'torch.float32'")
+    return dtype
+
+
 class AverageMeter:
     r"""
     Track the latest value, running sum, count and weighted average of one quantity.
@@ -92,7 +102,16 @@ class AverageMeter:
         ValueError: AverageMeter cannot mix tensor and scalar values.
     """
 
-    __slots__ = ("_local_count", "_local_n", "_local_sum", "_local_value", "_tensor_template", "device", "distributed")
+    __slots__ = (
+        "_local_count",
+        "_local_n",
+        "_local_sum",
+        "_local_value",
+        "_tensor_dtype",
+        "_tensor_template",
+        "device",
+        "distributed",
+    )
 
     def __init__(self, *, device: torch.device | str | None = None, distributed: bool = True) -> None:
         self.device = torch.device(device) if device is not None else None
@@ -108,6 +127,7 @@ class AverageMeter:
         self._local_sum: float | Tensor = 0.0
         self._local_count: Count = 0
         self._tensor_template: Tensor | None = None
+        self._tensor_dtype: torch.dtype | None = None  # of the first tensor value; ranks compare it
         return self
 
     def update(self, value: float | int | Tensor, n: int | Tensor = 1) -> None:
@@ -169,6 +189,7 @@ class AverageMeter:
         template = self._tensor_template
         if template is None and self._count_value() > 0:
             raise ValueError("AverageMeter cannot mix scalar and tensor values.")
+        dtype = value.dtype
         value = value.detach().to(torch.float64, copy=True)
         if self.device is None:
             self.device = value.device
@@ -176,6 +197,7 @@ class AverageMeter:
             self._local_sum = torch.zeros_like(value)
             self._local_count = 0
             self._tensor_template = torch.empty_like(value)
+            self._tensor_dtype = dtype
         else:
             if value.shape != template.shape:
                 raise ValueError(
@@ -208,9 +230,15 @@ class AverageMeter:
         return None if self._tensor_template is None else tuple(self._tensor_template.shape)
 
     def _tensor_spec(self) -> tuple[tuple[int, ...], str] | None:
-        """``(shape, dtype name)`` of a tensor meter's statistics, which ranks compare; None for scalars."""
+        """``(shape, dtype name)`` of a tensor meter's values, which ranks compare; None for scalars.
+
+        The dtype is the one the values came in (the statistics are float64 whatever it is), so a
+        rank that records float32 while another records float64 is told instead of reduced with.
+        """
         template = self._tensor_template
-        return None if template is None else (tuple(template.shape), str(template.dtype))
+        if template is None:
+            return None
+        return tuple(template.shape), str(self._tensor_dtype or torch.float64)
 
     def value(self) -> float | Tensor:
         """The latest local value (NaN while ``count`` is zero); never synchronised."""
@@ -283,6 +311,7 @@ class AverageMeter:
             "sum": self._local_sum,
             "count": self._count_value(),
             "tensor_shape": self._tensor_shape(),
+            "tensor_dtype": None if self._tensor_dtype is None else str(self._tensor_dtype),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -292,6 +321,7 @@ class AverageMeter:
         self._local_sum = state["sum"]
         self._local_count = int(state["count"])
         shape = state["tensor_shape"]
+        self._tensor_dtype = _parse_dtype(state.get("tensor_dtype"))
         if shape is None:
             self._tensor_template = None
             return

@@ -8,8 +8,9 @@ Tensor meters need every rank to agree on the shape, including ranks that never 
 One small ``all_reduce(MAX)`` of per-meter flags tells whether any rank holds a tensor meter; only
 then do the ranks exchange ``(shape, dtype)`` with ``all_gather_object``, so scalar-only meters
 (losses, learning rates) cost two small collectives per read and no pickling.  The statistics
-are float64 whatever dtype the values came in (as in the reference), so float32 values on one
-rank and float64 values on another reduce together.
+are float64 whatever dtype the values came in, but the dtype compared is the one the values came
+in: float32 values on one rank and float64 values on another raise the inconsistent-metadata
+error instead of reducing together (the reference compares its float64 statistics and reduces).
 """
 
 from __future__ import annotations
