@@ -33,9 +33,10 @@ def config(root: str, batch_size: int = 8, pipeline: dict | None = None, **overr
         "seed": 0,
         "log": False,
         "workspace_root": root,
-        "optim": {"type": "adamw", "lr": 0.01},
+        "optim": {"type": "sgd", "lr": 0.1},  # plain SGD: a wrongly scaled gradient shows (Adam would hide it)
         "dataloader": {"batch_size": batch_size, "shuffle": False},
         "checkpoint": {"async_mode": "disabled"},
+        "adopt_process_group": True,  # under run_workers the group exists before the runner
     }
     if pipeline is not None:
         settings["parallel"] = pipeline
