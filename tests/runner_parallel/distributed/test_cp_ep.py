@@ -1,10 +1,9 @@
 """Context and expert parallelism on real gloo processes, each against the unsharded computation.
 
-Two processes, a context=2 mesh and then an expert=2 mesh, run in order:
+One pair of processes runs, in order (context=2 meshes, then expert=2 meshes):
 
 - ring attention (causal and not) on sequence slices: outputs and the gradients of queries, keys
-  and values equal full attention's slices; then on four processes, where blocks go three steps
-  around the ring;
+  and values equal full attention's slices;
 - the example transformer with a context-parallel ``parallelize`` hook, through ``parallelize``
   (hook, activation checkpointing, DDP over the context ranks): each rank trains on its half of
   every sequence and ends with the weights of the unsharded model trained on whole sequences;
@@ -13,6 +12,10 @@ Two processes, a context=2 mesh and then an expert=2 mesh, run in order:
   layer's;
 - ``ParallelRunner`` with context=2 and with expert=2 against a one-process ``TorchRunner``
   on the same batches.
+
+Four processes then check ring attention where blocks go three steps around the ring, and a
+2x2 (shard x expert) mesh: experts spread over the expert axis inside FSDP2, each shard rank on
+half of every batch, equal to one process.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn import functional as F
 
 from danling.runners.config import RunnerConfig
-from danling.runners.parallel_runner import ParallelContext, build_device_mesh, build_topology, parallelize
+from danling.runners.parallel_runner import ParallelContext, apply_fsdp, build_device_mesh, build_topology, parallelize
 from danling.runners.parallel_runner.context_parallel import apply_cp, gather_sequence, ring_attention, split_sequence
 from danling.runners.parallel_runner.expert_parallel import MixtureOfExperts
 from danling.runners.parallel_runner.transformer import Transformer
@@ -67,10 +70,10 @@ class ContextParallelTransformer(Transformer):
 class MixtureModel(nn.Module):
     """Tokens -> embedding -> a two-expert layer (added to its input) -> vocabulary logits."""
 
-    def __init__(self, dim=8):
+    def __init__(self, dim=8, experts=2):
         super().__init__()
         self.embedding = nn.Embedding(VOCAB, dim)
-        self.experts = MixtureOfExperts(dim, 2 * dim)
+        self.experts = MixtureOfExperts(dim, 2 * dim, num_experts=experts)
         self.output = nn.Linear(dim, VOCAB)
 
     def forward(self, tokens):
@@ -121,7 +124,7 @@ def _next_token_loss(logits, tokens):
 
 
 def _context_parallel_checks(rank, world_size):
-    results = _ring_checks(rank, world_size)
+    """The CP transformer through ``parallelize`` (its hook, activation checkpointing, DDP) against whole sequences."""
     context = _context(rank, world_size, context=2)
     generator = torch.Generator().manual_seed(1)
     tokens = [torch.randint(0, VOCAB, (3, 8), generator=generator) for _ in range(3)]
@@ -133,17 +136,12 @@ def _context_parallel_checks(rank, world_size):
         RunnerConfig({"stack": "parallel", "activation_checkpoint": True}),
         device="cpu",
     )
-    results["ddp"] = type(model).__name__
+    results = {"ddp": type(model).__name__}
     module = model.module
     results["recomputed"] = all(hasattr(layer.forward, "__danling_checkpointed__") for layer in module.layers)
-
-    # each rank: its half of every sequence; loss on the tokens whose targets are in the same half
-    def local_loss(logits, local_tokens):
-        return F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), local_tokens[:, 1:].reshape(-1))
-
-    local = [split_sequence(batch, rank, 2) for batch in tokens]
-    outputs = _train(model, local, local_loss)
-    expected = _train(reference, tokens, lambda logits, batch: _local_reference_loss(logits, batch))
+    # each rank: its half of every sequence, with the next-token pairs inside that half
+    outputs = _train(model, [split_sequence(batch, rank, 2) for batch in tokens], _next_token_loss)
+    expected = _train(reference, tokens, _halves_loss)
     results["outputs"] = max(
         float((gather_sequence(out, module.context_mesh) - ref).abs().max()) for out, ref in zip(outputs, expected)
     )
@@ -151,23 +149,10 @@ def _context_parallel_checks(rank, world_size):
     return results
 
 
-def _local_reference_loss(logits, tokens):
-    """The mean of the two context ranks' losses, each over pairs inside its half: what DDP's average optimises."""
+def _halves_loss(logits, tokens):
+    """The mean of the two context ranks' losses, each over the pairs inside its half: what DDP's average optimises."""
     halves = zip(logits.chunk(2, dim=1), tokens.chunk(2, dim=1))
     return sum(_next_token_loss(part, part_tokens) for part, part_tokens in halves) / 2
-
-
-def test_context_parallel_equals_full_sequences():
-    results = run_workers(_context_parallel_checks, 2)
-    for result in results:
-        assert result["causal"] < 1e-5 and result["full"] < 1e-5, result
-        assert result["ddp"] == "DistributedDataParallel" and result["recomputed"]
-        assert result["outputs"] < 1e-5 and result["weights"] < 1e-5, result
-
-
-def test_ring_attention_on_four_ranks():
-    results = run_workers(_ring_checks, 4)
-    assert max(max(result.values()) for result in results) < 1e-5, results
 
 
 def _expert_parallel_checks(rank, world_size):
@@ -198,16 +183,6 @@ def _expert_parallel_checks(rank, world_size):
     return results
 
 
-def test_expert_parallel_equals_unsharded_layer():
-    results = run_workers(_expert_parallel_checks, 2)
-    for rank, result in enumerate(results):
-        assert result["two experts placed"] == ((1, 8, 16), 0.0)  # expert i on expert rank i
-        assert result["four experts, top 2 placed"] == ((2, 8, 16), 0.0)
-        for name in ("two experts", "four experts, top 2"):
-            for check in ("forward", "gradients", "trained"):
-                assert result[f"{name} {check}"] < 1e-5, (rank, name, check, result)
-
-
 class ContextParallelRunner(TransformerRunner):
     def __init__(self, config):
         super().__init__(config)
@@ -232,11 +207,11 @@ class MixtureTorchRunner(TransformerTorchRunner):
         self.model = MixtureModel()
 
 
-def _runner_workers(rank, world_size, root):
+def _runner_checks(root):
     results = {}
     for name, runner_class, axes in (
-        ("context", ContextParallelRunner, {"context": 2}),
-        ("expert", MixtureRunner, {"expert": 2}),
+        ("context runner", ContextParallelRunner, {"context": 2}),
+        ("expert runner", MixtureRunner, {"expert": 2}),
     ):
         runner = runner_class(config(f"{root}/{name}", 4, epochs=1, parallel={"axes": axes}))
         runner.train()
@@ -246,18 +221,82 @@ def _runner_workers(rank, world_size, root):
     return results
 
 
-def test_runner_trains_like_one_process(tmp_path):
+def _two_process_checks(rank, world_size, root):
+    return {
+        **_ring_checks(rank, world_size),
+        **_context_parallel_checks(rank, world_size),
+        **_expert_parallel_checks(rank, world_size),
+        **_runner_checks(root),
+    }
+
+
+@pytest.fixture(scope="module")
+def two_process(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cp-ep")
     expected = {}
-    for name, runner_class in (("context", ContextParallelTorchRunner), ("expert", MixtureTorchRunner)):
-        runner = runner_class(config(str(tmp_path / f"one-{name}"), 4, epochs=1))
+    for name, runner_class in (("context runner", ContextParallelTorchRunner), ("expert runner", MixtureTorchRunner)):
+        runner = runner_class(config(str(root / f"one process {name}"), 4, epochs=1))
         runner.train()
         expected[name] = full_parameters(runner)
         runner.close()
-    results = run_workers(_runner_workers, 2, str(tmp_path))
+    return run_workers(_two_process_checks, 2, str(root)), expected
+
+
+def test_ring_attention_equals_full_attention(two_process):
+    results, _ = two_process
     for result in results:
-        assert result["context degrees"] == (2, 1, 1) and result["expert degrees"] == (1, 2, 1)
-        for name in ("context", "expert"):
-            difference = max(
-                float((torch.tensor(result[name][key]) - value).abs().max()) for key, value in expected[name].items()
-            )
-            assert difference < 1e-5, (name, difference)
+        assert result["causal"] < 1e-5 and result["full"] < 1e-5, result
+
+
+def test_context_parallel_transformer_equals_whole_sequences(two_process):
+    results, _ = two_process
+    for result in results:
+        assert result["ddp"] == "DistributedDataParallel" and result["recomputed"]
+        assert result["outputs"] < 1e-5 and result["weights"] < 1e-5, result
+
+
+def test_expert_parallel_equals_unsharded_layer(two_process):
+    results, _ = two_process
+    for rank, result in enumerate(results):
+        assert result["two experts placed"] == ((1, 8, 16), 0.0)  # expert i on expert rank i
+        assert result["four experts, top 2 placed"] == ((2, 8, 16), 0.0)
+        for name in ("two experts", "four experts, top 2"):
+            for check in ("forward", "gradients", "trained"):
+                assert result[f"{name} {check}"] < 1e-5, (rank, name, check, result)
+
+
+@pytest.mark.parametrize("name", ["context runner", "expert runner"])
+def test_runner_trains_like_one_process(two_process, name):
+    results, expected = two_process
+    for result in results:
+        assert result[f"{name} degrees"] == ((2, 1, 1) if name == "context runner" else (1, 2, 1))
+        difference = max(
+            float((torch.tensor(result[name][key]) - value).abs().max()) for key, value in expected[name].items()
+        )
+        assert difference < 1e-5, difference
+
+
+def _four_process_checks(rank, world_size):
+    results = _ring_checks(rank, world_size)  # blocks go three steps around the ring
+    context = _context(rank, world_size, shard=2, expert=2)
+    generator = torch.Generator().manual_seed(4)
+    batches = [torch.randint(0, VOCAB, (4, 6), generator=generator) for _ in range(3)]
+    torch.manual_seed(0)
+    reference = MixtureModel(experts=4)
+    model = copy.deepcopy(reference)
+    model.parallelize(context)  # experts over the expert axis,
+    apply_fsdp(model, context.submesh("shard"))  # then FSDP over the shard axis
+    results["2d"] = [len(p.placements) for p in (model.experts.w1, model.output.weight)]
+    local = [tokens.chunk(2)[context.rank("data")] for tokens in batches]
+    _train(model, local, _next_token_loss)
+    _train(reference, batches, _next_token_loss)
+    results["shard x expert"] = _difference(model.parameters(), reference.parameters())
+    return results
+
+
+def test_four_processes_ring_and_shard_by_expert():
+    results = run_workers(_four_process_checks, 4)
+    for result in results:
+        assert result["causal"] < 1e-5 and result["full"] < 1e-5, result
+        assert result["2d"] == [2, 1], result  # expert weights: (shard, expert) DTensors; others sharded only
+        assert result["shard x expert"] < 1e-5, result
