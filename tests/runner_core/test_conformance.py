@@ -543,8 +543,6 @@ def test_metrics_assigned_to_self_metrics_alone_serve_every_mode(tmp_path):
 @pytest.mark.parametrize(
     ("setting", "key"),
     [
-        ({"ft": {"enabled": True}}, "ft.enabled"),
-        ({"checkpoint": {"async_mode": "disabled", "enable_ft_dataloader_checkpoints": True}}, "checkpoint"),
         ({"compile": {"precompile_artifact_dir": "artifacts"}}, "compile.precompile_artifact_dir"),
         ({"compile": {"memory_policy": "save-all"}}, "compile.memory_policy"),
     ],

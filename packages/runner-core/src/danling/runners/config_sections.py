@@ -52,6 +52,8 @@ EXPORT_DTYPES = {
 }
 #: ``ft.process_group`` values.
 FT_PROCESS_GROUPS = ("gloo", "nccl")
+#: ``compile.optimize_ddp`` values: the modes of ``torch._dynamo.config.optimize_ddp``.
+OPTIMIZE_DDP_MODES = ("ddp_optimizer", "python_reducer", "python_reducer_without_compiled_forward", "no_optimization")
 
 
 def _check_backend_name(value: Any) -> str:
@@ -338,7 +340,8 @@ class CompileConfig(Section):
         dynamic: ``torch.compile(dynamic=...)``; ``None`` leaves torch's default.
         mode: ``torch.compile(mode=...)``, e.g. ``"max-autotune"``.
         options: ``torch.compile(options=...)``.
-        optimize_ddp: Value for ``torch._dynamo.config.optimize_ddp`` while compiling under DDP.
+        optimize_ddp: Value for ``torch._dynamo.config.optimize_ddp`` (one of ``OPTIMIZE_DDP_MODES``),
+            set process-wide when the model is compiled; ``None`` leaves torch's setting.
         precompile_artifact_dir: Cache folder for compiled artifacts of graph runners; eager
             runners ignore it.
         memory_policy: Memory policy label for experimental graph runners (``None`` or ``"default"``).
@@ -355,6 +358,11 @@ class CompileConfig(Section):
     optimize_ddp: str | None = "ddp_optimizer"
     precompile_artifact_dir: str | None = None
     memory_policy: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.get("optimize_ddp") is not None:
+            _choice(self.get("optimize_ddp"), OPTIMIZE_DDP_MODES, "compile.optimize_ddp")
 
 
 class CommConfig(Section):
@@ -496,6 +504,7 @@ class FaultToleranceConfig(Section):
         replica_id: This run's replica group, in ``[0, group_size)``.
         group_size: Number of replica groups.
         min_replica_size: Fewest healthy replica groups a step needs.
+        lighthouse: Address of the ``torchft_lighthouse`` (``http://host:port``); unset: ``$TORCHFT_LIGHTHOUSE``.
     """
 
     _path_ = "ft"
@@ -506,6 +515,7 @@ class FaultToleranceConfig(Section):
     replica_id: int = 0
     group_size: int = 1
     min_replica_size: int = 1
+    lighthouse: str | None = None
 
     def validate(self) -> None:
         super().validate()

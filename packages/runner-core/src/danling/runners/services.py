@@ -7,7 +7,7 @@
 - ``init_ema()`` after the model is materialised: with ``config.ema`` set, an exponential moving
   average of the weights (``danling.runners.ema``);
 - ``after_optimizer_step()`` after every applied optimizer step: EMA update, profiler step,
-  garbage collection, heartbeat progress.  None of them reads a tensor back to the host;
+  garbage collection, heartbeat progress, TorchFT loader checkpoints.  None of them reads a tensor back to the host;
 - ``stop_requested()`` from the loop after every optimizer step, at the same point on every rank:
   when any rank received a termination signal, the run writes a forced checkpoint, closes and
   exits with status 0 (``TrainingPreempted``, a ``SystemExit``);
@@ -101,6 +101,8 @@ class RunnerServices:
         if supervisor is not None:
             supervisor.maybe_collect_garbage(step)
             supervisor.mark_heartbeat_progress(global_step=step, epoch=self.train_state.epoch)
+        if self.ft is not None:
+            self.ft.after_step(step)  # this replica's loader positions, on the checkpoint cadence
 
     def stop_requested(self) -> bool:
         """Whether any rank received a termination signal (one tiny collective when distributed)."""
@@ -132,3 +134,5 @@ class RunnerServices:
             self.profiler = None
         if self.supervisor is not None:
             self.supervisor.close()
+        if self.ft is not None:
+            self.ft.close()

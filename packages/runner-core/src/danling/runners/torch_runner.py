@@ -48,6 +48,7 @@ from .distributed import (
     is_initialized,
 )
 from .distributed import destroy_process_group as destroy_default_group
+from .fault_tolerance import FT_SETTINGS, FaultTolerance, apply_ft_ddp, check_ft_support
 from .optim import build_optimizer, build_scheduler, monitored_metric, wrap_scheduler
 from .parallelize import apply_activation_checkpointing, apply_compile, apply_ddp
 from .registry import normalize_stack_name
@@ -102,6 +103,9 @@ class TorchRunner(RunnerServices, BaseRunner):
     schedule: BuiltScheduler | None = None
     scaler: torch.amp.GradScaler | None = None
     owns_process_group: bool = False
+    #: TorchFT replica groups (``config.ft``); always set by ``init_distributed``, disabled unless enabled.
+    ft: FaultTolerance | None = None
+    unsupported_settings = tuple(key for key in BaseRunner.unsupported_settings if key not in FT_SETTINGS)
 
     def __init__(self, config: RunnerConfig | Mapping[str, Any]) -> None:
         config = config if isinstance(config, RunnerConfig) else RunnerConfig(config)
@@ -120,6 +124,7 @@ class TorchRunner(RunnerServices, BaseRunner):
         self.set_module_modes()  # the model and EMA start in the runner's mode, whatever mode they were built in
         self.init_checkpoint_manager()
         self.auto_restore()
+        self.ft.init_dataloader_checkpoints()  # this replica's own loader positions win over a shared checkpoint's
         self.init_profiler()
         super().__post_init__()
 
@@ -140,6 +145,11 @@ class TorchRunner(RunnerServices, BaseRunner):
             self.workspace.timestamp = broadcast_object(self.workspace.timestamp)
             self.workspace.code_id = broadcast_object(self.workspace.code_id if self.is_main_process else None)
         self.elastic_state.restart_count = int(os.getenv("TORCHELASTIC_RESTART_COUNT", "0"))
+        self.ft = FaultTolerance(self)
+
+    def check_settings(self) -> None:
+        super().check_settings()
+        check_ft_support(self.config)
 
     @cached_property
     def device(self) -> torch.device:
@@ -170,8 +180,8 @@ class TorchRunner(RunnerServices, BaseRunner):
 
     @property
     def adopts_process_group(self) -> bool:
-        """Whether a default process group someone else started is used (``config.adopt_process_group``; unset: yes)."""
-        return self.config.get("adopt_process_group") is not False
+        """Whether a default process group someone else started is used (``config.adopt_process_group``; unset: no)."""
+        return self.config.get("adopt_process_group") is True
 
     def set_seed(self, seed: int | None = None, bias: int | bool | None = None) -> int:
         """Like ``BaseRunner.set_seed``; without a seed, draw one on rank 0 and share it."""
@@ -207,12 +217,18 @@ class TorchRunner(RunnerServices, BaseRunner):
             if custom_sampler:
                 sampler = self.build_datasampler(dataset, split=split, shuffle=kwargs["shuffle"])
             self.dataloaders[split] = build_dataloader(
-                dataset, kwargs, collate_fn=self.collate_fn, world_size=self.world_size, rank=self.rank, sampler=sampler
+                dataset, kwargs, collate_fn=self.collate_fn, sampler=sampler, **self.data_shard
             )
 
     def build_datasampler(self, dataset: Any, *, split: str, shuffle: bool) -> Any:
         """The sampler of ``split``'s loader: this rank's shard when distributed, else shuffled or in order."""
-        return build_sampler(dataset, shuffle=shuffle, world_size=self.world_size, rank=self.rank)
+        return build_sampler(dataset, shuffle=shuffle, **self.data_shard)
+
+    @property
+    def data_shard(self) -> dict[str, int]:
+        """``world_size`` and ``rank`` of this rank's data shard (over every TorchFT replica group when enabled)."""
+        world_size, rank = self.ft.data_parallel_info(self.world_size, self.rank)
+        return {"world_size": world_size, "rank": rank}
 
     #: How samples become a batch (``default_collate``); override with a static method for custom batching.
     collate_fn = staticmethod(default_collate)
@@ -225,7 +241,9 @@ class TorchRunner(RunnerServices, BaseRunner):
         if self.config.compile.enable:
             model = apply_compile(model, self.config.compile)
         # DDP outermost: its gradient hooks stay outside the compiled graph
-        if self.distributed and is_initialized():
+        if self.ft.enabled:  # averaged over the replica groups through the TorchFT manager
+            model = apply_ft_ddp(model, self.ft.manager, self.device)
+        elif self.distributed and is_initialized():
             model = apply_ddp(model, self.device)
         self.model = model
         if isinstance(self.ema, nn.Module):
@@ -278,7 +296,8 @@ class TorchRunner(RunnerServices, BaseRunner):
         if self.optimizer is None:
             self.optimizer_container = None
             return
-        self.optimizer_container = OptimizerContainer(
+        container = self.ft.optimizer_container if self.ft.enabled else OptimizerContainer
+        self.optimizer_container = container(
             self.optimizer,
             self.schedule,
             scaler=self.scaler,
