@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from danling.runners.reporting import LoopProgress, format_result, format_step_line, log_to_files, write_scalars
+from danling.runners.reporting import LoopProgress, format_result, format_step_line, log_to_files, log_to_wandb
 
 
 class Terminal(io.StringIO):
@@ -53,18 +53,27 @@ def test_log_to_files_skips_console_handlers(tmp_path):
             logger.removeHandler(handler)
 
 
-def test_write_scalars_to_a_writer_and_wandb():
+def test_wandb_logs_each_split_against_its_own_axis():
     class Recorder:
         def __init__(self):
             self.calls = []
 
-        def add_scalar(self, *args):
-            self.calls.append(args)
+        def define_metric(self, name, **options):
+            self.calls.append(("define", name, options))
 
-        def log(self, values, step):
-            self.calls.append((values, step))
+        def log(self, values):
+            self.calls.append(("log", values))
 
-    writer, run = Recorder(), Recorder()
-    write_scalars(writer, run, {"loss": 1.0, "metrics": {"acc": 0.5}}, "train", 7)
-    assert writer.calls == [("train/loss", 1.0, 7), ("train/metrics/acc", 0.5, 7)]
-    assert run.calls == [({"train/loss": 1.0, "train/metrics/acc": 0.5}, 7)]
+    run, known = Recorder(), set()
+    log_to_wandb(run, "train", {"loss": 1.0}, 7, known)
+    log_to_wandb(run, "val", {"loss": 2.0}, 1, known)  # an epoch number, below the step already logged
+    log_to_wandb(run, "train", {"loss": 0.5}, 8, known)
+    assert run.calls == [
+        ("define", "train/step", {}),
+        ("define", "train/*", {"step_metric": "train/step"}),
+        ("log", {"train/step": 7, "train/loss": 1.0}),
+        ("define", "val/step", {}),
+        ("define", "val/*", {"step_metric": "val/step"}),
+        ("log", {"val/step": 1, "val/loss": 2.0}),
+        ("log", {"train/step": 8, "train/loss": 0.5}),
+    ]

@@ -109,6 +109,21 @@ def test_python_state_from_text_formats_is_accepted():
     assert random.random() == expected
 
 
+def test_python_state_is_saved_packed_and_restores_from_either_form():
+    random.seed(2)
+    captured = RunnerRNGState().capture()
+    # one tensor instead of 625 ints: a checkpoint pickles one object for it, not 625
+    assert isinstance(captured.python[1], torch.Tensor) and captured.python[1].numel() == 625
+    expected = [random.random() for _ in range(3)]
+    captured.restore()
+    assert [random.random() for _ in range(3)] == expected
+    random.seed(2)
+    plain = random.getstate()  # what older checkpoints (and the spec's) hold
+    random.random()
+    RunnerRNGState(python=plain).restore()
+    assert random.random() == expected[0]
+
+
 def test_numpy_state_forms():
     numpy = pytest.importorskip("numpy")
     numpy.random.seed(3)

@@ -466,8 +466,11 @@ def test_wandb_receives_the_run_identity_and_scalars(tmp_path, monkeypatch):
     calls = []
 
     class FakeRun:
-        def log(self, values, step):
-            calls.append(("log", values, step))
+        def define_metric(self, name, **options):
+            pass
+
+        def log(self, values):
+            calls.append(("log", values))
 
         def finish(self):
             calls.append(("finish",))
@@ -484,7 +487,8 @@ def test_wandb_receives_the_run_identity_and_scalars(tmp_path, monkeypatch):
     init = calls[0][1]
     assert (init["project"], init["group"], init["name"], init["tags"]) == ("lin-a", "exp", runner.id, ["debug"])
     assert init["dir"] == runner.workspace.dir and init["config"]["lineage"] == "lin-a"
-    assert calls[1] == ("log", {"train/loss": 1.0, "train/metrics/top/0": 0.8, "train/metrics/top/1": 0.9}, 5)
+    logged = {"train/step": 5, "train/loss": 1.0, "train/metrics/top/0": 0.8, "train/metrics/top/1": 0.9}
+    assert calls[1] == ("log", logged)
     assert calls[-1] == ("finish",)
 
 

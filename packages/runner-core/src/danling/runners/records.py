@@ -23,7 +23,15 @@ from danling.metrics import RoundDict
 
 from . import results as results_lib
 from .dataloaders import loader_length
-from .reporting import LoopProgress, format_epoch_line, format_result, is_interactive, log_to_files, step_prefix
+from .reporting import (
+    LoopProgress,
+    format_epoch_line,
+    format_result,
+    is_interactive,
+    log_to_files,
+    log_to_wandb,
+    step_prefix,
+)
 from .utils import RunnerMode
 
 __all__ = ["RunnerRecords"]
@@ -215,7 +223,8 @@ class RunnerRecords:
 
     def write_result(self, result: Mapping[str, Any], split: str, steps: int | None = None) -> None:
         r"""
-        Send every number of ``result`` to ``write_score`` (TensorBoard), and all of them to W&B in one call.
+        Send every number of ``result`` to ``write_score`` (TensorBoard), and all of them to W&B in one call
+        (against the split's own x-axis ``{split}/step``: see ``reporting.log_to_wandb``).
 
         ``steps`` defaults to the global step.  Without a writer and W&B nothing is flattened.
         """
@@ -226,7 +235,7 @@ class RunnerRecords:
         for name, score in scores.items():
             self.write_score(name, score, split, steps)
         if self.wandb is not None and scores:
-            self.wandb.log({f"{split}/{name}": score for name, score in scores.items()}, step=steps)
+            log_to_wandb(self.wandb, split, scores, steps, self.__dict__.setdefault("_wandb_splits", set()))
 
     def write_score(self, name: str, score: float, split: str, steps: int) -> None:
         """Write one scalar to TensorBoard as ``{split}/{name}``; a full or vanished disk does not stop training."""

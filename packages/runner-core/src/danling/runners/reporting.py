@@ -5,15 +5,14 @@
 - ``LoopProgress``: one loop's progress.  On an interactive terminal it is a tqdm bar whose
   postfix shows the latest numbers; otherwise it prints a plain line every ``interval``
   iterations (and the log file gets those lines either way).
-- ``build_tensorboard_writer`` / ``write_scalars``: ``{split}/{metric}`` scalars for TensorBoard
-  and Weights & Biases.
+- ``build_tensorboard_writer`` / ``log_to_wandb``: ``{split}/{metric}`` scalars for TensorBoard
+  and Weights & Biases (each split on its own x-axis).
 
 Formatting reads numbers off the device, so it happens only when a line is actually shown.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import time
@@ -22,8 +21,6 @@ from typing import IO, Any
 
 import torch
 from tqdm.auto import tqdm
-
-from .results import flatten_result
 
 __all__ = [
     "LoopProgress",
@@ -34,8 +31,8 @@ __all__ = [
     "format_step_line",
     "is_interactive",
     "log_to_files",
+    "log_to_wandb",
     "step_prefix",
-    "write_scalars",
 ]
 
 _VERBS = {"train": "training", "evaluate": "evaluating", "infer": "inferring"}
@@ -249,16 +246,18 @@ def build_wandb_run(
     return wandb.init(**kwargs)
 
 
-def write_scalars(writer: Any, wandb_run: Any, result: Mapping[str, Any], split: str, step: int) -> None:
+def log_to_wandb(run: Any, split: str, scalars: Mapping[str, float], step: int, known_splits: set[str]) -> None:
     r"""
-    Log every number in ``result`` as ``{split}/{name}`` at ``step`` to TensorBoard and W&B (either may be ``None``).
+    Log ``{split}/{name}`` scalars to the W&B ``run`` against the split's own x-axis ``{split}/step``.
+
+    W&B silently drops a ``log(..., step=s)`` whose ``s`` is below a step it has already seen, and the runner
+    numbers epoch-mode evaluation results by epoch while training lines use the global step.  So each split
+    gets its own axis (declared with ``define_metric`` the first time the split is seen, recorded in
+    ``known_splits``), and W&B's internal step only orders the calls.
     """
-    if writer is None and wandb_run is None:
-        return
-    scalars = {f"{split}/{name}": value for name, value in flatten_result(result).items()}
-    if writer is not None:
-        for name, value in scalars.items():
-            with contextlib.suppress(OSError):  # a full or vanished disk must not stop training
-                writer.add_scalar(name, value, step)
-    if wandb_run is not None and scalars:
-        wandb_run.log(scalars, step=step)
+    axis = f"{split}/step"
+    if split not in known_splits:
+        run.define_metric(axis)
+        run.define_metric(f"{split}/*", step_metric=axis)
+        known_splits.add(split)
+    run.log({axis: step, **{f"{split}/{name}": value for name, value in scalars.items()}})

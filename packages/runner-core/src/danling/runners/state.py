@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -102,7 +103,8 @@ class RunnerRNGState:
     Snapshots of the process's random generators; ``None`` where nothing was captured.
 
     Attributes:
-        python: ``random.getstate()``.
+        python: ``random.getstate()`` with its 625 words as an int64 tensor: a tuple of 625 Python
+            ints costs a checkpoint 625 pickled objects (most of a small model's save time).
         numpy: NumPy's legacy global generator, as ``{"bit_generator", "state": {"key", "pos"},
             "has_gauss", "gauss"}`` with ``key`` an int64 tensor (so it loads with ``weights_only``).
         torch_cpu: ``torch.get_rng_state()``.
@@ -123,7 +125,7 @@ class RunnerRNGState:
 
     def capture(self) -> RunnerRNGState:
         """Read every available generator into this object and return it."""
-        self.python = random.getstate()
+        self.python = capture_python_rng_state()
         self.numpy = capture_numpy_rng_state()
         self.torch_cpu = torch.get_rng_state()
         # Reading CUDA states would initialise CUDA on every device; skip until the run uses it.
@@ -248,10 +250,18 @@ def restore_numpy_rng_state(state: Any) -> None:
     numpy.random.set_state(state)
 
 
+def capture_python_rng_state() -> tuple[int, torch.Tensor, float | None]:
+    """``random.getstate()`` with the generator's words packed into one int64 tensor (cheap to save)."""
+    version, internal, gauss = random.getstate()
+    return (version, torch.frombuffer(array("q", internal), dtype=torch.int64), gauss)
+
+
 def _as_python_state(state: Any) -> tuple:
-    # ``random.setstate`` needs tuples; a state that went through JSON or YAML comes back as lists.
+    # ``random.setstate`` needs a tuple of ints: from the packed tensor, from ``random.getstate()`` itself, or
+    # from lists (a state that went through JSON or YAML)
     version, internal, gauss = state
-    return (version, tuple(internal), gauss)
+    words = internal.tolist() if isinstance(internal, torch.Tensor) else internal
+    return (version, tuple(words), gauss)
 
 
 def _as_byte_tensor(state: Any) -> torch.Tensor:
