@@ -137,7 +137,7 @@ def _context_parallel_checks(rank, world_size):
         device="cpu",
     )
     results = {"ddp": type(model).__name__}
-    module = model.module
+    module = getattr(model, "module", model)  # under DDP
     results["recomputed"] = all(hasattr(layer.forward, "__danling_checkpointed__") for layer in module.layers)
     # each rank: its half of every sequence, with the next-token pairs inside that half
     outputs = _train(model, [split_sequence(batch, rank, 2) for batch in tokens], _next_token_loss)
