@@ -6,14 +6,18 @@ Examples::
     uvx nox -s isolated                   # every package alone, from its wheel
     uvx nox -s "isolated(package='meters')"
     uvx nox -s lint                       # ruff check, ruff format --check, module size limit
-    uvx nox -s bench                      # every script in benchmarks/
+    uvx nox -s bench                      # every script in benchmarks/, tables into docs/benchmarks/
+    uvx nox -s docs                       # the documentation site, mkdocs build --strict
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import nox
@@ -177,14 +181,82 @@ def bench(session: nox.Session) -> None:
     """Run every benchmark script; each prints its own table of timings and ratios.
 
     The ``bench`` dependency group brings the frameworks some scripts compare against (Lightning, Accelerate).
+    Each script's output also goes to ``docs/benchmarks/<script>.md`` (git-ignored) with a description of
+    the machine, which the documentation site shows on its benchmark pages.
     """
     editable = [arg for package in CORE_PACKAGES for arg in ("-e", f"packages/{package}")]
     bench_dependencies = nox.project.dependency_groups(PYPROJECT, "bench")
     session.install(*editable, "-e", ".", *DEV_DEPENDENCIES, *bench_dependencies)
     scripts = session.posargs or [str(path) for path in sorted((ROOT / "benchmarks").glob("*.py"))]
+    pages = ROOT / "docs" / "benchmarks"
+    pages.mkdir(parents=True, exist_ok=True)
     for script in scripts:
         session.log(f"== {script}")
-        session.run("python", script)
+        machine = _machine_description(session)  # per script: the load average changes during a long run
+        output = session.run("python", script, silent=True)
+        print(output, end="")
+        (pages / f"{Path(script).stem}.md").write_text(_benchmark_page(Path(script), output or "", machine))
+
+
+def _machine_description(session: nox.Session) -> list[str]:
+    """Where a benchmark ran: CPU, cores, memory, OS, Python and torch, the load, the time."""
+    cpu = platform.processor() or platform.machine()
+    memory = ""
+    if Path("/proc/cpuinfo").is_file():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    if Path("/proc/meminfo").is_file():
+        total = next(
+            (line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")),
+            "",
+        )
+        memory = f"{int(total) / 2**20:.1f} GiB" if total else ""
+    versions = session.run(
+        "python", "-c", "import platform, torch; print(platform.python_version(), torch.__version__)", silent=True
+    )
+    python_version, torch_version = (versions or "? ?").split()[-2:]
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return [
+        f"- CPU: {cpu}, {os.cpu_count()} logical cores" + (f", {memory} memory" if memory else ""),
+        f"- OS: {platform.platform()}",
+        f"- Python {python_version}, torch {torch_version}",
+        f"- load average (1, 5, 15 min) before the run: {load}",
+        f"- run at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+    ]
+
+
+def _benchmark_page(script: Path, output: str, machine: list[str]) -> str:
+    """The documentation page of one benchmark run: the machine, then the script's output as printed."""
+    return "\n".join(
+        [
+            f"# {script.stem}",
+            "",
+            f"Output of `python benchmarks/{script.name}`, written by `nox -s bench` on this machine:",
+            "",
+            *machine,
+            "",
+            "```text",
+            output.rstrip("\n"),
+            "```",
+            "",
+        ]
+    )
+
+
+@nox.session(venv_backend="none")
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with ``mkdocs build --strict``: a broken reference or a missing page fails.
+
+    It runs in the workspace's locked environment with the ``docs`` dependency group (mkdocs, mkdocstrings,
+    matplotlib for the LR plots); extra arguments go to ``mkdocs build`` (``-- --site-dir /tmp/site``).
+    """
+    session.run(
+        "uv", "run", "--locked", "--group", "docs", "mkdocs", "build", "--strict", *session.posargs, external=True
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """MkDocs hooks: pages and images the site builds from the code instead of committing them.
 
 - ``on_config`` keeps the umbrella package out of mkdocstrings' search path (see below).
+- ``on_nav`` lists every benchmark page in the "Benchmarks" section of the navigation.
 - ``on_files`` adds, as generated files:
   - one learning-rate plot per ``LRScheduler`` strategy and scaling, drawn with matplotlib from
     the real scheduler (``guides/lrsched/*.png``);
@@ -50,7 +51,7 @@ def on_config(config: Any) -> Any:
     in the members' folders ``danling`` is a namespace spanning all of them. Third-party types
     (torch, ...) are shown unlinked.
     """
-    import mkdocstrings_handlers.python  # imported now: site-packages is hidden while the handler is created
+    import mkdocstrings_handlers.python  # noqa: F401  (imported now: site-packages is hidden while the handler is created)
 
     site_folders = {os.path.abspath(path) for path in (*site.getsitepackages(), site.getusersitepackages())}
     hidden = site_folders | {str(ROOT / "src")}
@@ -88,7 +89,9 @@ def lr_curves(name: str, total_steps: int = PLOT_STEPS) -> dict[str, list[float]
         return {
             "defaults (5% warmup, 20% cooldown)": run(**kwargs),
             "no warmup, no cooldown": run(warmup_steps=0, cooldown_steps=0, **kwargs),
-            f"warmup {2 * tenth}, cooldown {3 * tenth}": run(warmup_steps=2 * tenth, cooldown_steps=3 * tenth, **kwargs),
+            f"warmup {2 * tenth}, cooldown {3 * tenth}": run(
+                warmup_steps=2 * tenth, cooldown_steps=3 * tenth, **kwargs
+            ),
         }
     return {"percentile (default)": run(**kwargs), "numerical": run(scaling="numerical", **kwargs)}
 
@@ -100,14 +103,17 @@ def lr_plot(name: str) -> bytes:
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(figsize=(6.4, 3.2), dpi=100)
+    figure, (linear_axes, log_axes) = pyplot.subplots(1, 2, figsize=(10, 3.4), dpi=100)
     for label, rates in lr_curves(name).items():
-        axes.plot(range(len(rates)), rates, label=label)
-    axes.set_title(LR_PLOTS[name][0])
-    axes.set_xlabel("step")
-    axes.set_ylabel("learning rate")
-    axes.legend()
-    axes.grid(alpha=0.3)
+        for axes in (linear_axes, log_axes):
+            axes.plot(range(1, len(rates) + 1), rates, label=label)
+    log_axes.set_yscale("log")  # geometric ("percentile") decay is a straight line here
+    for axes, scale in ((linear_axes, "linear"), (log_axes, "log")):
+        axes.set_title(f"{LR_PLOTS[name][0]}, {scale} scale")
+        axes.set_xlabel("step")
+        axes.set_ylabel("learning rate")
+        axes.grid(alpha=0.3)
+    linear_axes.legend()
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -137,3 +143,23 @@ def on_files(files: Any, config: Any) -> Any:
         if files.get_file_from_path(uri) is None:
             files.append(File.generated(config, uri, content=benchmark_placeholder(script)))
     return files
+
+
+def on_nav(nav: Any, config: Any, files: Any) -> Any:
+    """List every benchmark page under the "Benchmarks" section, also those of scripts added later."""
+    from mkdocs.structure.nav import Section
+    from mkdocs.structure.pages import Page
+
+    section = next((item for item in nav.items if isinstance(item, Section) and item.title == "Benchmarks"), None)
+    if section is None:
+        raise ValueError('mkdocs.yml must have a "Benchmarks" section in its nav for the benchmark pages')
+    listed = {page.file.src_uri for page in nav.pages}
+    for file in sorted(files.documentation_pages(), key=lambda file: file.src_uri):
+        if file.src_uri.startswith(f"{BENCHMARK_PAGES}/") and file.src_uri not in listed:
+            page = Page(None, file, config)
+            page.parent = section
+            section.children.append(page)
+            nav.pages.append(page)
+    for previous, following in zip(nav.pages, nav.pages[1:]):
+        previous.next_page, following.previous_page = following, previous
+    return nav
