@@ -1,6 +1,7 @@
 """MkDocs hooks: pages and images the site builds from the code instead of committing them.
 
 - ``on_config`` keeps the umbrella package out of mkdocstrings' search path (see below).
+- ``on_page_markdown`` fills the benchmark overview's table from the scripts' docstrings.
 - ``on_nav`` lists every benchmark page in the "Benchmarks" section of the navigation.
 - ``on_files`` adds, as generated files:
   - one learning-rate plot per ``LRScheduler`` strategy and scaling, drawn with matplotlib from
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import site
@@ -130,6 +132,33 @@ def benchmark_placeholder(script: str) -> str:
         f"it writes `docs/{BENCHMARK_PAGES}/{script}.md` with the printed tables and a description of the machine,\n"
         "and the next build shows them here.\n"
     )
+
+
+BENCHMARK_TABLE = "<!-- benchmark table: docs/hooks.py lists every script in benchmarks/ here -->"
+
+
+def benchmark_summary(script: Path) -> str:
+    """The first line of a benchmark script's docstring, in Markdown."""
+    docstring = ast.get_docstring(ast.parse(script.read_text())) or ""
+    first_line = docstring.strip().splitlines()[0] if docstring.strip() else "(no description)"
+    return first_line.replace("``", "`")
+
+
+def benchmark_table() -> str:
+    rows = [
+        f"| [{path.stem}]({BENCHMARK_PAGES}/{path.stem}.md) | {benchmark_summary(path)} |"
+        for path in sorted(BENCHMARKS.glob("*.py"))
+    ]
+    return "\n".join(["| page | what it measures |", "|---|---|", *rows])
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """Fill the overview page's table of benchmarks."""
+    if page.file.src_uri == "benchmarks.md":
+        if BENCHMARK_TABLE not in markdown:
+            raise ValueError(f"docs/benchmarks.md lost its {BENCHMARK_TABLE!r} marker")
+        return markdown.replace(BENCHMARK_TABLE, benchmark_table())
+    return markdown
 
 
 def on_files(files: Any, config: Any) -> Any:
