@@ -63,8 +63,9 @@ class ContextParallelTransformer(Transformer):
 
     def parallelize(self, parallel):
         super().parallelize(parallel)
-        self.context_mesh = parallel.submesh("context")
-        apply_cp(self, self.context_mesh, "layers.*.attention")
+        if parallel.degree("context") > 1:
+            self.context_mesh = parallel.submesh("context")
+            apply_cp(self, self.context_mesh, "layers.*.attention")
 
 
 class MixtureModel(nn.Module):
