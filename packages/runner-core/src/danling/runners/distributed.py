@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "is_initialized",
     "reduction_device",
     "set_group_timeout",
+    "start_all_reduce_sum",
 ]
 
 #: The documented refusal of a default process group that someone else started.
@@ -200,6 +201,30 @@ def all_reduce_sum(value: float) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=reduction_device())
     dist.all_reduce(tensor)
     return float(tensor.item())
+
+
+def start_all_reduce_sum(value: float) -> Callable[[], float]:
+    r"""
+    Start summing ``value`` over all ranks in the background; the returned function waits for the sum.
+
+    Every rank must start the same sums in the same order, as with any collective.  Started before a
+    backward pass, the collective runs while the gradients are computed instead of after them.
+
+    Examples:
+        >>> pending = start_all_reduce_sum(3.5)  # no process group: the sum is ready
+        >>> pending()
+        3.5
+    """
+    if not is_initialized() or get_world_size() == 1:
+        return lambda: value
+    tensor = torch.tensor([value], dtype=torch.float64, device=reduction_device())
+    work = dist.all_reduce(tensor, async_op=True)
+
+    def wait() -> float:
+        work.wait()
+        return float(tensor.item())
+
+    return wait
 
 
 def any_rank(flag: bool) -> bool:

@@ -30,7 +30,7 @@ from torch.optim import Optimizer
 from danling.optim import BuiltScheduler
 
 from .config import PRECISIONS
-from .distributed import all_reduce_sum, any_rank
+from .distributed import all_reduce_sum, any_rank, start_all_reduce_sum
 
 #: Batch keys (and keys of a mapping target) that state the loss normalizer explicitly.
 NORMALIZER_KEYS = ("loss_normalizer", "num_valid_tokens", "valid_tokens", "num_tokens", "token_count")
@@ -173,6 +173,9 @@ class GradientWindow:
     (``weighted``, when it has one) or uniformly.  Backward runs on ``loss * scale`` and the
     optimizer step multiplies gradients by ``world_size / total``, so the update follows the
     mean loss over every item of every micro-batch on every rank, however the items were split.
+    On several ranks ``total`` is summed over them; ``start_sum`` starts that sum before the
+    micro-batch's backward, so it travels while the gradients are computed and the step only
+    collects it.
 
     Examples:
         >>> window = GradientWindow()
@@ -187,6 +190,7 @@ class GradientWindow:
     weighted: bool | None = None
     total: float = 0.0
     pending: int | None = None
+    summed: Callable[[], float] | None = None
 
     def loss_scale(self) -> float:
         """The factor for the next micro-batch's loss (consumes ``pending``)."""
@@ -204,13 +208,20 @@ class GradientWindow:
         self.total += normalizer
         return float(normalizer)
 
+    def start_sum(self) -> None:
+        """Start summing ``total`` over the ranks (each micro-batch restarts it; the step reads the last)."""
+        self.summed = start_all_reduce_sum(self.total)
+
     def gradient_scale(self, world_size: int) -> float | None:
         """The factor for the window's summed gradients; sums ``total`` over ranks when distributed."""
-        total = all_reduce_sum(self.total) if world_size > 1 else self.total
+        if world_size == 1:
+            total = self.total
+        else:
+            total = self.summed() if self.summed is not None else all_reduce_sum(self.total)
         return world_size / total if total > 0 else None
 
     def reset(self) -> None:
-        self.weighted, self.total, self.pending = None, 0.0, None
+        self.weighted, self.total, self.pending, self.summed = None, 0.0, None, None
 
 
 def _unique_parameters(optimizer: Optimizer) -> list[Tensor]:
@@ -276,6 +287,8 @@ class OptimizerContainer:
             scale = self.window.loss_scale()
             if scale != 1.0:
                 loss = loss * scale
+            if self.world_size > 1:
+                self.window.start_sum()  # overlaps the backward below
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
         loss.backward()
