@@ -25,6 +25,7 @@ belong to each group.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from datetime import timedelta
@@ -47,6 +48,7 @@ __all__ = [
     "FaultTolerance",
     "apply_ft_ddp",
     "check_ft_support",
+    "ft_container_class",
     "ft_replica_name",
     "ft_state_dict",
     "load_ft_state_dict",
@@ -60,6 +62,8 @@ _UNSUPPORTED = "TorchFT integration is currently supported by TorchRunner/DDP an
 _NOT_INSTALLED = (
     "torchft is not installed. Install `danling-runner-core[ft]` (or `torchft-nightly`) to enable config.ft.enabled."
 )
+#: The axes that split the model: TorchFT replicates whole (FSDP-sharded) models only.
+_MODEL_AXES = ("pipeline", "tensor", "context", "expert", "expert_tensor")
 #: The peer-recoverable components of a runner, besides the global step.
 _COMPONENTS = ("model", "optimizer", "scheduler", "scaler", "ema")
 
@@ -87,6 +91,16 @@ def check_ft_support(config: Any) -> None:
     wants_ft = config.ft.enabled or config.checkpoint.enable_ft_dataloader_checkpoints
     if wants_ft and config.stack not in FT_STACKS:
         raise NotImplementedError(f"{_UNSUPPORTED} (stack={config.stack!r})")
+    if config.ft.enabled and config.stack == "parallel":
+        fsdp = config.get("fsdp")
+        sharded = bool(fsdp is not None and fsdp.get("enabled"))
+        split = [axis for axis in _MODEL_AXES if int(config.parallel.axes.get(axis, 1)) != 1]
+        if not sharded or split:
+            raise NotImplementedError(
+                "ParallelRunner TorchFT integration currently requires FSDP (fsdp.enabled=True) with "
+                f"pipeline/tensor/context/expert axes set to 1, got fsdp.enabled={sharded}"
+                + "".join(f", parallel.axes.{axis}={config.parallel.axes[axis]}" for axis in split)
+            )
 
 
 def ft_replica_name(config: Any, rank: int, environ: Mapping[str, str] = os.environ) -> str:
@@ -126,17 +140,33 @@ def load_ft_state_dict(runner: TorchRunner, state: Mapping[str, Any]) -> None:
     if runner.ema is not None:
         runner.load_ema(state.get("ema"))
     if runner.optimizer is not None:
-        # loading replaces the parameter-group dicts; keep the old ones (the loop's meters read them)
-        groups = runner.optimizer.param_groups
-        runner.load_optimizer(state.get("optimizer"))
-        for group, loaded in zip(groups, runner.optimizer.param_groups):
-            group.update(loaded)
-        runner.optimizer.param_groups = groups
+        _load_optimizer(runner, state.get("optimizer"))
     if runner.scheduler is not None:
         runner.load_scheduler(state.get("scheduler"))
     if runner.scaler is not None and state.get("scaler") is not None:
         runner.scaler.load_state_dict(state["scaler"])
     runner.train_state.global_step = int(state["global_step"])
+
+
+def _load_optimizer(runner: TorchRunner, state: Any) -> None:
+    optimizer = runner.optimizer
+    # Recovery runs mid-step, with this step's gradients in place.  Set them aside: the DCP loader
+    # (ParallelRunner) creates missing optimizer state only on parameters without a gradient, and
+    # a group that restarted has none yet (without it, the peer's momentum would be dropped).
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    gradients = [parameter.grad for parameter in parameters]
+    for parameter in parameters:
+        parameter.grad = None
+    # Loading replaces the parameter-group dicts: keep the old ones, the loop's meters read them.
+    groups = optimizer.param_groups
+    try:
+        runner.load_optimizer(state)
+    finally:
+        for parameter, gradient in zip(parameters, gradients):
+            parameter.grad = gradient
+    for group, loaded in zip(groups, optimizer.param_groups):
+        group.update(loaded)
+    optimizer.param_groups = groups
 
 
 class FaultTolerance:
@@ -236,6 +266,10 @@ class FaultTolerance:
         """An ``FTOptimizerContainer`` on this manager (the arguments of ``OptimizerContainer``)."""
         return FTOptimizerContainer(self.manager, optimizer, *args, **kwargs)
 
+    def optimizer_container_class(self, base: type[OptimizerContainer]) -> Any:
+        """A factory of ``base`` containers stepping through this manager (the arguments of ``base``)."""
+        return functools.partial(ft_container_class(base), self.manager)
+
     def init_dataloader_checkpoints(self) -> None:
         """Restore this replica's loader positions if a previous run of it saved them (call after restoring)."""
         config = self.runner.config
@@ -300,6 +334,22 @@ class FTOptimizerContainer(OptimizerContainer):
             self.discard()
             return False
         return super().step()
+
+
+@functools.cache
+def ft_container_class(base: type[OptimizerContainer]) -> type[FTOptimizerContainer]:
+    r"""
+    ``base`` (an ``OptimizerContainer`` subclass, e.g. a backend's) with ``FTOptimizerContainer``'s
+    commit protocol in front of it; its constructor takes the manager first.
+
+    Examples:
+        >>> class Clipping(OptimizerContainer): ...
+        >>> ft_container_class(Clipping).__mro__[1:3] == (FTOptimizerContainer, Clipping)
+        True
+    """
+    if issubclass(base, FTOptimizerContainer):
+        return base
+    return type(f"FT{base.__name__}", (FTOptimizerContainer, base), {"__module__": __name__})
 
 
 def apply_ft_ddp(model: nn.Module, manager: Any, device: torch.device, process_group: Any = None) -> nn.Module:

@@ -37,6 +37,7 @@ from danling.runners.distributed import is_initialized
 from danling.runners.torch_runner import TorchRunner
 
 from .context_parallel import split_sequence
+from .fault_tolerance import apply_ft_fsdp
 from .gradients import ParallelOptimizerContainer, build_sharded_grad_scaler
 from .parallelize import parallelize
 from .pipeline_schedule import PipelineGradientWindow, PipelineRuntime, build_pipeline, middle_stage
@@ -127,9 +128,8 @@ class ParallelRunner(TorchRunner):
             if split in self.dataloaders:
                 continue
             kwargs = loader_kwargs(config, split, is_train=split in train_splits, splits=splits)
-            loader = build_dataloader(
-                dataset, kwargs, collate_fn=self.collate_fn, world_size=self.data_degree, rank=self.data_rank
-            )
+            world_size, rank = self.ft.data_parallel_info(self.data_degree, self.data_rank)  # over every FT group
+            loader = build_dataloader(dataset, kwargs, collate_fn=self.collate_fn, world_size=world_size, rank=rank)
             # middle pipeline stages get their inputs from the previous stage: they only count the steps
             self.dataloaders[split] = StepProxyLoader(loader) if middle_stage(self.parallel, self.config) else loader
 
@@ -161,6 +161,8 @@ class ParallelRunner(TorchRunner):
             )
         else:
             self.model = parallelize(model, self.parallel, self.config, tensor_plan=tensor_plan, device=self.device)
+        if self.ft.enabled:  # FSDP2 inside the replica group, TorchFT's all-reduce across groups
+            self.model = apply_ft_fsdp(self.model, self.ft.manager, self.parallel, self.config.fsdp, self.device)
         if isinstance(self.ema, torch.nn.Module):
             self.ema = self.ema.to(self.device)
 
@@ -179,7 +181,10 @@ class ParallelRunner(TorchRunner):
                 "precision='fp16' with pipeline parallelism is not supported: the schedule runs backward itself, "
                 "without the loss scaler; use precision='bf16' or fsdp.mp_policy"
             )
-        self.optimizer_container = ParallelOptimizerContainer(
+        container = ParallelOptimizerContainer
+        if self.ft.enabled:  # the same container, stepping through the TorchFT manager's commit
+            container = self.ft.optimizer_container_class(ParallelOptimizerContainer)
+        self.optimizer_container = container(
             self.optimizer,
             self.schedule,
             scaler=self.scaler,
