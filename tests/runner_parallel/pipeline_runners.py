@@ -45,10 +45,14 @@ def config(root: str, batch_size: int = 8, pipeline: dict | None = None, **overr
 
 
 class _Task:
+    #: Whether the task has an evaluation split (evaluated after every epoch).
+    evaluates = True
+
     def __init__(self, config):
         super().__init__(config)
         self.datasets.train = dataset()
-        self.datasets.val = dataset(offset=1)
+        if self.evaluates:
+            self.datasets.val = dataset(offset=1)
         self.model = build_model()
         self.criterion = nn.MSELoss()
 
@@ -59,6 +63,18 @@ class MLPRunner(_Task, ParallelRunner):
 
 class MLPTorchRunner(_Task, TorchRunner):
     """The same task on one process: the reference."""
+
+
+class MLPTrainRunner(MLPRunner):
+    """``MLPRunner`` without an evaluation split."""
+
+    evaluates = False
+
+
+class MLPTorchTrainRunner(MLPTorchRunner):
+    """``MLPTorchRunner`` without an evaluation split."""
+
+    evaluates = False
 
 
 def local_parameters(runner) -> dict[str, list]:

@@ -10,8 +10,9 @@ r"""Pipeline schedules: building one from a rank's parts, and running a batch th
   averages over ``N`` items contributes ``criterion(output_m, target_m) * n_m / N``, so the
   micro-batches add up to exactly the batch's loss (times the accumulation weight the runner's
   gradient window gives the batch), as one forward over the whole batch would.
-- ``PipelineGradientWindow``: the gradient window of a pipelined run.  Only last-stage ranks see
-  losses; the window's total counts theirs, and every rank divides by it.
+- ``PipelineGradientWindow``: the gradient window of a pipelined run.  Every stage records each
+  batch's weight (middle stages, which see no batch, get it from the last stage with the loss), so
+  the totals need summing over the data ranks only: none at all without data parallelism.
 - ``PipelineRuntime``: one batch through the schedule in training, evaluation or inference; the
   last stage's loss (or predictions) shared with the other stages.
 - ``build_pipeline``: all of it for one model: split, parallelize each part, stages, schedule.
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch import distributed as dist
 
-from danling.runners.distributed import all_reduce_sum
+from danling.runners.distributed import reduction_device
 from danling.runners.step import GradientWindow, loss_normalizer, split_batch
 
 from .pipeline import PipelineModel, split_model_parts, stage_indices
@@ -213,18 +214,34 @@ class MicrobatchLoss:
 @dataclass
 class PipelineGradientWindow(GradientWindow):
     r"""
-    ``GradientWindow`` of a pipelined run: only ranks holding the last stage add to ``total``.
+    ``GradientWindow`` of a pipelined run, whose ``total`` every stage keeps alike.
 
-    Gradients are multiplied by ``world_size / (pipeline_degree * total over all ranks)``: the
-    ranks that count are ``world_size / pipeline_degree`` (each data shard's tensor-parallel
-    peers, which repeat its total), the same factor a run without pipeline stages gets.
+    Gradients are multiplied by ``degree / (total summed over the loss domain)`` (replicate x
+    shard x context, ``degree`` ranks, whose gradients FSDP averages): the factor
+    ``GradientWindow`` gives with a world-wide sum, without the all-reduce when no rank reads
+    other batches.
+
+    Examples:
+        >>> window = PipelineGradientWindow()
+        >>> window.record(3.0); window.record(5.0); window.gradient_scale(world_size=2)
+        0.125
     """
 
-    pipeline_degree: int = field(default=1)
+    parallel: Any = field(default=None)
+
+    def record(self, weight: float) -> None:
+        """Count a batch of ``weight`` that this rank did not weigh itself (a middle stage's)."""
+        if self.weighted is None:
+            self.weighted = True
+        self.pending = None
+        self.total += weight
 
     def gradient_scale(self, world_size: int) -> float | None:
-        total = all_reduce_sum(self.total) if world_size > 1 else self.total
-        return world_size / (self.pipeline_degree * total) if total > 0 else None
+        total, degree = self.total, 1 if self.parallel is None else self.parallel.degree("loss")
+        if degree > 1:
+            payload = torch.tensor([total], dtype=torch.float64, device=reduction_device())
+            total = float(self.parallel.all_reduce(payload, domain="loss").item())
+        return degree / total if total > 0 else None
 
 
 @dataclass
@@ -280,8 +297,12 @@ class PipelineRuntime:
                 )
         return args, kwargs, target if self.has_last_stage else None
 
-    def train(self, data: Any, scale: float = 1.0) -> Tensor | None:
-        """Forward and backward of every micro-batch (gradients accumulate); the batch's loss, on every stage."""
+    def train(self, data: Any, scale: float = 1.0) -> Tensor:
+        """Forward and backward of every micro-batch (gradients accumulate).
+
+        Returns ``[loss, scale]`` of the last stage, on every stage: the batch's loss and the
+        accumulation weight its micro-batch losses were scaled by.
+        """
         if self.loss is None:
             raise ValueError("cannot train through the pipeline: the runner has no criterion")
         args, kwargs, target = self._inputs(data)
@@ -291,7 +312,7 @@ class PipelineRuntime:
             self.loss.begin(target, scale)
         losses: list[Tensor] = []
         self.schedule.step(*args, target=target, losses=losses, return_outputs=False, **kwargs)
-        return self._shared_loss(losses, scale)[0]
+        return self._shared_loss(losses, scale)
 
     def evaluate(self, data: Any) -> Tensor | None:
         """The forward of every micro-batch; the batch's loss on every stage (``None`` without targets)."""
@@ -321,11 +342,14 @@ class PipelineRuntime:
         return self.schedule.eval(*args, target=target, losses=losses, **kwargs)
 
     def _shared_loss(self, losses: list[Tensor], scale: float, valid: bool = True) -> Tensor:
-        """``[loss, valid]``: the batch's loss from the last stage (its micro-batch losses' sum), on every stage."""
+        """``[loss, scale]`` from the last stage (its micro-batch losses' sum over ``scale``), on every stage.
+
+        ``scale`` is 0 where there is no loss (``valid`` false: no targets).
+        """
         payload = torch.zeros(2, device=self.device)
         if self.has_last_stage and losses and valid:
             payload[0] = torch.stack([loss.detach() for loss in losses]).sum() / scale
-            payload[1] = 1.0
+            payload[1] = scale
         if self.group is not None and dist.get_world_size(self.group) > 1:
             dist.broadcast(payload, src=self.last_rank, group=self.group)
         return payload

@@ -195,8 +195,8 @@ class ParallelRunner(TorchRunner):
             world_size=self.world_size,
             stage_groups=(self.pipeline_group,) if self.pipeline is not None else (),
         )
-        if self.pipeline is not None:  # only last stages see losses: the window counts theirs
-            self.optimizer_container.window = PipelineGradientWindow(pipeline_degree=self.pipeline_degree)
+        if self.pipeline is not None:  # every stage counts each batch's weight: sums run over the data only
+            self.optimizer_container.window = PipelineGradientWindow(parallel=self.parallel)
 
     # steps through the pipeline schedule, when parallel.axes.pipeline > 1 (else TorchRunner's)
 
@@ -226,19 +226,20 @@ class ParallelRunner(TorchRunner):
     def train_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
         """Through the pipeline: every micro-batch's forward and backward, then ``step()``; ``(None, loss)``.
 
-        The batch's accumulation weight (its loss normalizer) is taken on the last stage, which
-        scales its micro-batch losses by it; the returned loss is the batch's, on every stage.
+        The batch's accumulation weight (its loss normalizer) scales the last stage's micro-batch
+        losses; the first stage, which reads the same batch, counts the same weight, and middle
+        stages get it with the loss.  The returned loss is the batch's, on every stage.
         """
         if self.pipeline is None:
             return super().train_step(data)
-        scale, container = 1.0, self.optimizer_container
-        if container is not None and container.normalize:
-            if self.pipeline.has_last_stage:
-                scale = container.window.loss_scale()
-            else:
-                container.window.pending = None
+        container, scale = self.optimizer_container, 1.0
+        weighs = container is not None and container.normalize
+        if weighs and data is not None:
+            scale = container.window.loss_scale()
         with self.forward_context():
-            loss = self.pipeline.train(self._pipeline_batch(data), scale)
+            loss, shared_scale = self.pipeline.train(self._pipeline_batch(data), scale)
+        if weighs and data is None:
+            container.window.record(float(shared_scale))
         self.step()
         return None, loss
 
