@@ -137,6 +137,7 @@ def runner_config(root: str, steps: int, *, quiet: bool, lines: bool = True) -> 
         "workspace_root": root,
         "optim": {"type": "adamw", "lr": 1e-3},
         "dataloader": {"batch_size": BATCH},
+        "adopt_process_group": True,  # worker() starts the group before the runners
     }
     if quiet:
         config.update({"log": False, "checkpoint": {"load_only": True}})

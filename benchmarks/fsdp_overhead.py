@@ -110,6 +110,7 @@ def runner_loop(dataset: TensorDataset, steps: int) -> tuple[float, float]:
             "dataloader": {"batch_size": BATCH},
             "fsdp": {"enabled": True},
             "parallel": {"axes": {"shard": -1}},
+            "adopt_process_group": True,  # the worker starts the group before the runner
         }
         runner = BenchmarkRunner(config, dataset)
         dist.barrier()

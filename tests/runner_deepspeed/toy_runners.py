@@ -64,6 +64,7 @@ def config(root: Any, **overrides: Any) -> dict[str, Any]:
         "dataloader": {"batch_size": 4, "shuffle": False},
         "checkpoint": {"last_save_model_only": True},
         "deepspeed": {"zero_optimization": {"stage": 2}},
+        "adopt_process_group": True,  # under run_workers the group exists before the runner
     }
     values.update(overrides)
     return values

@@ -40,6 +40,7 @@ def config(root: str, batch_size: int, **overrides) -> dict:
         "optim": {"type": "adamw", "lr": 0.01},
         "dataloader": {"batch_size": batch_size, "shuffle": False},
         "checkpoint": {"async_mode": "disabled"},
+        "adopt_process_group": True,  # under run_workers the group exists before the runner
     }
     settings.update(overrides)
     return settings

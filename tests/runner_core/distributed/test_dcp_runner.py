@@ -39,6 +39,7 @@ def config(root: str, **overrides) -> dict:
         "optim": {"type": "adamw", "lr": 0.05},
         "checkpoint": {"backend": "dcp", "async_mode": "disabled", "interval": HALF},
         "dataloader": {"shuffle": False},
+        "adopt_process_group": True,  # run_workers starts the group before the runner
     }
     values.update(overrides)
     return values

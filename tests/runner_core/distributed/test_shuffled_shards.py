@@ -22,7 +22,13 @@ class Indices(TorchRunner):
 
 def seen(rank: int, world_size: int, root: str) -> list[int]:
     # every rank is seeded differently (seed + rank), as training needs; the shuffle must not be
-    config = {"seed": 5, "log": False, "workspace_root": root, "dataloader": {"batch_size": 4, "shuffle": True}}
+    config = {
+        "seed": 5,
+        "log": False,
+        "workspace_root": root,
+        "dataloader": {"batch_size": 4, "shuffle": True},
+        "adopt_process_group": True,  # run_workers starts the group before the runner
+    }
     runner = Indices(config)
     indices = [int(index) for _, labels in runner.dataloaders["train"] for index in labels]
     runner.close()

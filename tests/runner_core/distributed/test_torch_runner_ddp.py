@@ -31,6 +31,7 @@ def _config(root, **overrides):
         "optim": {"type": "sgd", "lr": 0.5},
         "dataloader": {"batch_size": 2, "shuffle": False},
         "checkpoint": {"async_mode": "disabled"},
+        "adopt_process_group": True,  # run_workers starts the group before the runner
     }
     config.update(overrides)
     return config

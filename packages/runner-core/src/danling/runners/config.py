@@ -215,9 +215,10 @@ class RunnerConfig(OpenSection):
             ``None`` reads ``$BACKEND``, then picks the device's default.
         init_method: *(unset: None)* ``torch.distributed`` init method; ``None`` reads
             ``$INIT_METHOD``, then uses the environment (``env://``).
-        adopt_process_group: *(unset: True)* Use a default process group that something else
+        adopt_process_group: *(unset: False)* Use a default process group that something else
             started (a launcher, DeepSpeed) instead of refusing to run; the runner then leaves
-            it open on close.
+            it open on close. Unset, a runner launched with ``WORLD_SIZE > 1`` refuses such a group,
+            as the spec's runner does.
         activation_checkpoint: *(unset: None)* Recompute activations in backward: ``True`` or a
             mode (``"full"``, ``"selective"``, ``"op"``), an integer ``n`` (every ``n``-th
             block), or ``{"mode": ..., "every": ...}``; ``None``/``False`` turns it off.
@@ -338,7 +339,7 @@ class RunnerConfig(OpenSection):
     skip_nonfinite_grad = Field(False, bool, doc="Skip optimizer steps with non-finite gradients.")
     backend = Field(None, str, doc="torch.distributed backend; None reads $BACKEND.")
     init_method = Field(None, str, doc="torch.distributed init method; None reads $INIT_METHOD.")
-    adopt_process_group = Field(True, bool, doc="Use a default process group started elsewhere.")
+    adopt_process_group = Field(False, bool, doc="Use a default process group started elsewhere.")
     activation_checkpoint = Field(None, (bool, int, str, Mapping), doc="Activation checkpointing policy.")
     graceful_sigint = Field(False, bool, doc="Handle SIGINT like SIGTERM: checkpoint, then exit.")
     ema = Field(None, coerce=_as_ema, doc="EMA of the weights; None runs without one.")
