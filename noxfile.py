@@ -184,9 +184,12 @@ def bench(session: nox.Session) -> None:
     Each script's output also goes to ``docs/benchmarks/<script>.md`` (git-ignored) with a description of
     the machine, which the documentation site shows on its benchmark pages.
     """
-    editable = [arg for package in CORE_PACKAGES for arg in ("-e", f"packages/{package}")]
+    # Every package, the backend runners too (deepspeed_overhead.py, fsdp_overhead.py); the dev group names
+    # the backends, which come from packages/ here and not from an index (as in the tests session).
+    editable = [arg for package in PACKAGES for arg in ("-e", f"packages/{package}")]
+    dev = [requirement for requirement in DEV_DEPENDENCIES if not requirement.startswith("danling-")]
     bench_dependencies = nox.project.dependency_groups(PYPROJECT, "bench")
-    session.install(*editable, "-e", ".", *DEV_DEPENDENCIES, *bench_dependencies)
+    session.install(*editable, "-e", ".", *dev, *bench_dependencies)
     scripts = session.posargs or [str(path) for path in sorted((ROOT / "benchmarks").glob("*.py"))]
     pages = ROOT / "docs" / "benchmarks"
     pages.mkdir(parents=True, exist_ok=True)
