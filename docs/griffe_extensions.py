@@ -26,4 +26,6 @@ class NewSignature(griffe.Extension):
             return
         if _is_pass_through(init):
             parameters = [parameter for parameter in new.parameters if parameter.name != "cls"]
-            init.parameters = griffe.Parameters(griffe.Parameter("self", kind=griffe.ParameterKind.positional_or_keyword), *parameters)
+            init.parameters = griffe.Parameters(
+                griffe.Parameter("self", kind=griffe.ParameterKind.positional_or_keyword), *parameters
+            )
