@@ -146,3 +146,20 @@ def test_a_peer_state_loads_in_place_and_keeps_the_parameter_groups(tmp_path):
     assert target.optimizer.state_dict()["state"].keys() == source.optimizer.state_dict()["state"].keys()
     for runner in (source, target):
         runner.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({}, "fsdp.enabled=False"),
+        ({"fsdp": {"enabled": True}, "parallel": {"axes": {"tensor": 2}}}, "parallel.axes.tensor=2"),
+    ],
+)
+def test_parallel_ft_needs_fsdp_without_model_parallel_axes(settings, message):
+    from danling.runners.fault_tolerance import check_ft_support
+
+    config = RunnerConfig(stack="parallel", ft={"enabled": True}, **settings)
+    with pytest.raises(NotImplementedError, match=message):
+        check_ft_support(config)
+    config.merge({"fsdp": {"enabled": True}, "parallel": {"axes": {"tensor": 1}}})
+    check_ft_support(config)

@@ -10,8 +10,8 @@ step mode, one process per replica group, and writes into ``ROOT``:
   and the seconds from its launch (and from the end of its imports) to that update.
 
 It sleeps ``--sleep`` seconds after each update.  While the other group is out of the quorum and
-the test is restarting it, it waits for that group's runner to be built (see
-``wait_for_restarting_peer``).
+the test is restarting it, it waits for that group's runner to be built, then trains slowly until
+that group is back in the quorum (see ``wait_for_restarting_peer``).
 
 With ``--stack parallel`` it is a ``ParallelRunner`` with FSDP2 (a one-rank shard axis per group).
 """
@@ -68,13 +68,16 @@ def build(base: type, sleep: float) -> type:
 
         def wait_for_restarting_peer(self) -> None:
             # Test scaffolding: while the test restarts the other group (``restarting-{peer}``), the
-            # survivor waits until that group's runner is built (``ready-{peer}``): a cold start
-            # (imports) takes longer than the rest of this short run.
+            # survivor waits until that group's runner is built (``ready-{peer}``), then trains slowly
+            # until the group joins the quorum: a cold start (imports) takes longer than this short run.
             peer = 1 - self.config.ft.replica_id
             restarting, ready = (os.path.join(self.root, f"{kind}-{peer}") for kind in ("restarting", "ready"))
+            if not os.path.exists(restarting):
+                return
             deadline = time.monotonic() + 120
-            while os.path.exists(restarting) and not os.path.exists(ready) and time.monotonic() < deadline:
+            while not os.path.exists(ready) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            time.sleep(0.25)
 
     return Replica
 

@@ -21,6 +21,7 @@ half of every batch, equal to one process.
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -214,10 +215,13 @@ def _runner_checks(root):
         ("context runner", ContextParallelRunner, {"context": 2}),
         ("expert runner", MixtureRunner, {"expert": 2}),
     ):
-        runner = runner_class(config(f"{root}/{name}", 4, epochs=1, parallel={"axes": axes}))
+        # allow_degree_change is part of the semantic config: set alike here and on resume
+        parallel = {"axes": axes, "allow_degree_change": True}
+        runner = runner_class(config(f"{root}/{name}", 4, epochs=1, parallel=parallel))
         runner.train()
         results[name] = {key: value.tolist() for key, value in full_parameters(runner).items()}
         results[f"{name} degrees"] = (runner.context_degree, runner.expert_degree, runner.data_degree)
+        results[f"{name} checkpoints"] = runner.checkpoint_manager.directory
         runner.close()
     return results
 
@@ -301,3 +305,23 @@ def test_four_processes_ring_and_shard_by_expert():
         assert result["causal"] < 1e-5 and result["full"] < 1e-5, result
         assert result["2d"] == [2, 1], result  # expert weights: (shard, expert) DTensors; others sharded only
         assert result["shard x expert"] < 1e-5, result
+
+
+def test_expert_checkpoint_resumes_on_one_process(two_process, tmp_path):
+    results, _ = two_process
+    directory = results[0]["expert runner checkpoints"]
+    checkpoint = next(
+        os.path.join(directory, entry) for entry in sorted(os.listdir(directory)) if entry.endswith("e000001")
+    )
+    # the expert weights are DTensors: DCP gathers each rank's experts into whole tensors
+    with pytest.warns(RuntimeWarning, match="resuming with changed parallel degrees expert"):
+        runner = MixtureRunner(
+            config(str(tmp_path), 4, epochs=1, resume=checkpoint, parallel={"allow_degree_change": True})
+        )
+    restored = full_parameters(runner)
+    runner.close()
+    assert runner.world_size == 1 and runner.expert_degree == 1
+    difference = max(
+        float((torch.tensor(results[0]["expert runner"][key]) - value).abs().max()) for key, value in restored.items()
+    )
+    assert difference == 0.0
