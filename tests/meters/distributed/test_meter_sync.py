@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from danling.metrics import AverageMeter, AverageMeters, MultiTaskMetrics, StreamMetrics, binary_metric_funcs
 from danling.metrics.functional import accuracy
@@ -73,6 +74,19 @@ def _meters_worker(rank: int, world_size: int) -> dict:
     meters.vector.update(torch.tensor([1.0, 2.0]) * (rank + 1), n=rank + 1)
     results["meters"] = (meters.bat.loss, meters.avg.loss, meters.avg.local, meters.avg.vector.tolist())
 
+    # a progress line of a distributed run: scalar meters only, read with one collective
+    lines = AverageMeters()
+    lines.loss.update(float(rank + 1), n=2)
+    lines.lr.update(0.1)
+    calls, real_all_reduce, real_gather = [], dist.all_reduce, dist.all_gather_object
+    dist.all_reduce = lambda *args, **kwargs: calls.append("all_reduce") or real_all_reduce(*args, **kwargs)
+    dist.all_gather_object = lambda *args, **kwargs: calls.append("all_gather_object") or real_gather(*args, **kwargs)
+    try:
+        line = lines.bat
+    finally:
+        dist.all_reduce, dist.all_gather_object = real_all_reduce, real_gather
+    results["line"] = (calls, line.loss, line.lr)
+
     stream = StreamMetrics(acc=binary_metric_funcs()["acc"])
     stream.update(torch.tensor(LOGITS[rank]), torch.tensor(LABELS[rank]))
     results["stream"] = (stream.val.acc, stream.bat.acc, stream.avg.acc)
@@ -130,6 +144,15 @@ def test_meter_container_reduces_in_one_pass(meter_results):
         assert result["meters"][0] == pytest.approx(loss) and result["meters"][1] == pytest.approx(loss)
         assert result["meters"][2] == float(rank), "a meter with distributed=False stays local"
         assert result["meters"][3] == pytest.approx(vector)
+
+
+def test_scalar_meters_are_read_with_one_collective(meter_results):
+    world_size, results = meter_results
+    loss = sum(2 * (rank + 1) for rank in range(world_size)) / (2 * world_size)
+    for result in results:
+        calls, line_loss, line_lr = result["line"]
+        assert calls == ["all_reduce"]
+        assert line_loss == pytest.approx(loss) and line_lr == pytest.approx(0.1)
 
 
 def test_stream_metrics_weight_ranks_by_batch_size(meter_results):

@@ -5,9 +5,11 @@ and a count.  All of them travel in one float64 buffer and one ``all_reduce``; t
 meter is its summed numerator divided by its summed count, or NaN when that count is zero.
 
 Tensor meters need every rank to agree on the shape, including ranks that never saw a value.
-One small ``all_reduce(MAX)`` of per-meter flags tells whether any rank holds a tensor meter; only
-then do the ranks exchange ``(shape, dtype)`` with ``all_gather_object``, so scalar-only meters
-(losses, learning rates) cost two small collectives per read and no pickling.  The statistics
+The first ``all_reduce`` carries, per meter, a flag (does this rank hold tensor values?) next to
+its scalar numerator and count; when no rank raised a flag those sums are the result, so
+scalar-only meters (losses, learning rates: every progress line of a distributed run) cost one
+small collective per read and no pickling.  Otherwise the ranks exchange ``(shape, dtype)`` with
+``all_gather_object`` and reduce again at the agreed shapes.  The statistics
 are float64 whatever dtype the values came in, but the dtype compared is the one the values came
 in: float32 values on one rank and float64 values on another raise the inconsistent-metadata
 error instead of reducing together (the reference compares its float64 statistics and reduces).
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
-from .distributed import all_gather_objects, all_reduce_max, all_reduce_sum, reduction_device
+from .distributed import all_gather_objects, all_reduce_sum, reduction_device
 
 if TYPE_CHECKING:
     from .average_meter import AverageMeter
@@ -38,17 +40,13 @@ def _inconsistent(specs: list[TensorSpec], name: str | None) -> ValueError:
 
 
 def _agreed_shapes(
-    meters: Sequence[AverageMeter], names: Sequence[str] | None, device: torch.device
+    meters: Sequence[AverageMeter], names: Sequence[str] | None, local: list[TensorSpec | None]
 ) -> list[tuple[int, ...] | None]:
     """Per meter, the tensor shape all ranks agree on, or None for scalar meters everywhere.
 
     Ranks compare ``(shape, dtype)`` of their tensor meters; ranks without a tensor value adopt
     the agreed shape.  ``names`` is None for a lone meter, which words its error accordingly.
     """
-    local = [meter._tensor_spec() for meter in meters]
-    flags = torch.tensor([spec is not None for spec in local], dtype=torch.int64, device=device)
-    if not all_reduce_max(flags).any():
-        return [None] * len(meters)
     history = [meter._tensor_spec() is None and meter._count_value() > 0 for meter in meters]
     gathered = all_gather_objects((local, history))
     agreed: list[tuple[int, ...] | None] = []
@@ -73,6 +71,23 @@ def _flat(value: float | int | Tensor, numel: int, device: torch.device) -> Tens
     return torch.full((numel,), float(value), dtype=torch.float64, device=device)
 
 
+def _scalar_pass(
+    meters: Sequence[AverageMeter], local: list[TensorSpec | None], mode: Mode, device: torch.device
+) -> Tensor:
+    """Sum ``[has tensor values, numerator, count]`` of every meter over the ranks (zeros for tensor meters)."""
+    pieces: list[float | int | Tensor] = []
+    for meter, spec in zip(meters, local):
+        if spec is None:
+            pieces.extend((0.0, *meter._contribution(mode)))
+        else:
+            pieces.extend((1.0, 0.0, 0.0))
+    if any(isinstance(piece, Tensor) for piece in pieces):
+        buffer = torch.cat([_flat(piece, 1, device) for piece in pieces])
+    else:
+        buffer = torch.tensor(pieces, dtype=torch.float64, device=device)
+    return all_reduce_sum(buffer)
+
+
 def synchronise_meters(
     meters: Sequence[AverageMeter], mode: Mode, names: Sequence[str] | None = None
 ) -> list[float | Tensor]:
@@ -85,7 +100,15 @@ def synchronise_meters(
     if not meters:
         return []
     device = reduction_device(meters[0].device)
-    shapes = _agreed_shapes(meters, names, device)
+    local = [meter._tensor_spec() for meter in meters]
+    scalars = _scalar_pass(meters, local, mode, device).tolist()
+    if not any(scalars[0::3]):  # no rank holds tensor values: the sums are the answer
+        results: list[float | Tensor] = []
+        for numerator, count in zip(scalars[1::3], scalars[2::3]):
+            count = round(count)
+            results.append(math.nan if count == 0 else numerator / count)
+        return results
+    shapes = _agreed_shapes(meters, names, local)
     pieces: list[Tensor] = []
     for meter, shape in zip(meters, shapes):
         numel = math.prod(shape) if shape is not None else 1
@@ -94,7 +117,7 @@ def synchronise_meters(
         pieces.append(_flat(count, 1, device))
     packed = all_reduce_sum(torch.cat(pieces))
     host = packed.tolist()  # one device-to-host copy for every scalar result and count
-    results: list[float | Tensor] = []
+    results = []
     offset = 0
     for shape in shapes:
         numel = math.prod(shape) if shape is not None else 1
