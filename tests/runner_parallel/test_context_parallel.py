@@ -129,14 +129,19 @@ def test_a_failing_forward_leaves_attention_alone(calls):
     assert calls == [False]  # the redirection ended with the failed forward
 
 
-def test_unsupported_attention_arguments_are_refused():
-    class Masked(nn.Module):
-        def forward(self, x):
-            return F.scaled_dot_product_attention(x, x, x, attn_mask=torch.ones(2, 2, dtype=torch.bool))
+@pytest.mark.parametrize(
+    ("arguments", "refused"),
+    [({"attn_mask": torch.ones(2, 2, dtype=torch.bool)}, "'attn_mask'"), ({"dropout_p": 0.1}, "'dropout_p'")],
+)
+def test_unsupported_attention_arguments_are_refused(arguments, refused):
+    class Attending(nn.Module):
+        def forward(self, x, **kwargs):
+            return F.scaled_dot_product_attention(x, x, x, **kwargs)
 
-    model = apply_cp(Masked(), StandInMesh(), "")
-    with pytest.raises(NotImplementedError, match=r"supports is_causal and scale only, got \['attn_mask'\]"):
-        model(torch.randn(1, 2, 4))
+    model = apply_cp(Attending(), StandInMesh(), "")
+    with pytest.raises(NotImplementedError, match=rf"supports is_causal and scale only, got \[{refused}\]"):
+        model(torch.randn(1, 2, 4), **arguments)
+    assert model(torch.randn(1, 2, 4), dropout_p=0.0).shape == (1, 2, 4)  # the defaults, spelled out, are fine
 
 
 def test_apply_cp_errors_and_one_rank():

@@ -11,7 +11,7 @@ One pair of processes runs, in order (context=2 meshes, then expert=2 meshes):
   own hook: outputs, input and weight gradients, and three optimizer steps equal the unsharded
   layer's;
 - ``ParallelRunner`` with context=2 and with expert=2 against a one-process ``TorchRunner``
-  on the same batches.
+  on the same batches; the test process then resumes the expert run's checkpoint on one process.
 
 Four processes then check ring attention where blocks go three steps around the ring, and a
 2x2 (shard x expert) mesh: experts spread over the expert axis inside FSDP2, each shard rank on

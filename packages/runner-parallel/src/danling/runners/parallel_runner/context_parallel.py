@@ -150,11 +150,15 @@ class _RingAttentionMode(TorchFunctionMode):
             return func(*args, **kwargs)
         names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
         bound = {**dict(zip(names, args)), **kwargs}
-        unsupported = {
-            name: bound[name]
-            for name, default in (("attn_mask", None), ("dropout_p", 0.0), ("enable_gqa", False))
-            if name in bound and bound[name] != default
-        }
+        unsupported = [
+            name
+            for name, used in (
+                ("attn_mask", bound.get("attn_mask") is not None),
+                ("dropout_p", bool(bound.get("dropout_p", 0.0))),
+                ("enable_gqa", bool(bound.get("enable_gqa", False))),
+            )
+            if used
+        ]
         if unsupported:
             raise NotImplementedError(
                 f"context-parallel attention supports is_causal and scale only, got {sorted(unsupported)}; "
