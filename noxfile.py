@@ -257,9 +257,9 @@ def docs(session: nox.Session) -> None:
     It runs in the workspace's locked environment with the ``docs`` dependency group (mkdocs, mkdocstrings,
     matplotlib for the LR plots); extra arguments go to ``mkdocs build`` (``-- --site-dir /tmp/site``).
     """
-    session.run(
-        "uv", "run", "--locked", "--group", "docs", "mkdocs", "build", "--strict", *session.posargs, external=True
-    )
+    # NO_MKDOCS_2_WARNING: Material's banner about its successor, printed on every build otherwise.
+    command = ["uv", "run", "--locked", "--group", "docs", "mkdocs", "build", "--strict", *session.posargs]
+    session.run(*command, external=True, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 if __name__ == "__main__":
