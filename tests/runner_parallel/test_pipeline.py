@@ -146,6 +146,23 @@ def test_window_sums_nothing_without_data_parallelism():
     assert window.gradient_scale(world_size=4) == 0.1  # 1 / (4 + 6): no all-reduce over the pipeline
 
 
+class _TwoDataRanks:
+    """A stand-in ``ParallelContext`` whose other data rank counted 6 items."""
+
+    def degree(self, domain):
+        return 2 if domain == "loss" else 1
+
+    def all_reduce(self, tensor, domain):
+        assert domain == "loss"
+        return tensor.add_(6.0)
+
+
+def test_window_sums_totals_over_the_data_ranks():
+    window = PipelineGradientWindow(parallel=_TwoDataRanks())
+    window.record(4.0)
+    assert window.gradient_scale(world_size=4) == 2 / (4 + 6)  # FSDP's mean over 2 ranks makes it 1 / 10
+
+
 def test_step_proxy_loader_rejects_a_bad_position():
     proxy = StepProxyLoader([1, 2])
     with pytest.raises(ValueError, match=r"expected \{'position': 0..2\}, got \{'position': 5\}"):
