@@ -9,6 +9,7 @@ line the block starts on.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import textwrap
 from dataclasses import dataclass
@@ -81,7 +82,12 @@ def test_page_examples_run(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
     if page in REQUIRES and importlib.util.find_spec(REQUIRES[page]) is None:
         pytest.skip(f"{REQUIRES[page]} is not installed")
     monkeypatch.chdir(tmp_path)
-    run_page(python_blocks(path.read_text(), page))
+    environ = dict(os.environ)  # runners and DeepSpeed set LOCAL_RANK & co.; later tests must not see them
+    try:
+        run_page(python_blocks(path.read_text(), page))
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def test_a_broken_example_fails_naming_its_page_and_line() -> None:
