@@ -3,10 +3,12 @@
 One pair of processes runs every scenario (starting them is the slow part):
 
 - ``reduce``, ``reduce_loss_for_logging`` and ``all_reduce`` (17060-17130);
-- a default group someone else started: refused with ``adopt_process_group: false`` (16190-16193),
-  used and left alone by ``close()`` otherwise (18529-18541);
+- a default group someone else started: refused unless ``adopt_process_group: true`` (16190-16193),
+  used and left alone by ``close()`` when adopted (18529-18541);
 - ``comm.train_timeout_seconds``: the group's timeout changes once the first optimizer step is
-  done (12483-12485, 16291-16341), in a resumed run too.
+  done (12483-12485, 16291-16341), in a resumed run too;
+- ``compile.optimize_ddp`` (12467-12469): dynamo splits a compiled DDP model by bucket with
+  ``ddp_optimizer`` and keeps it whole with ``no_optimization``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.utils.data import TensorDataset
 
 from danling.runners import TorchRunner
 from danling.runners.distributed import set_group_timeout
+from danling.runners.parallelize import apply_compile, apply_ddp
 from tests.distributed import run_workers
 
 pytestmark = pytest.mark.distributed
@@ -67,6 +70,7 @@ def _config(root, **overrides):
         "optim": {"type": "sgd", "lr": 0.1},
         "dataloader": {"batch_size": 2, "shuffle": False},
         "checkpoint": {"async_mode": "disabled", "load_only": True},
+        "adopt_process_group": True,  # run_workers starts the group before the runner
     }
     config.update(overrides)
     return config
@@ -92,11 +96,18 @@ def _reductions(rank, root):
 
 
 def _refusal(root):
-    try:
-        Regression(_config(root, adopt_process_group=False))
-    except RuntimeError as error:
-        return str(error), dist.is_initialized()
-    return None, dist.is_initialized()
+    """The error of a runner given the group run_workers started: opted out, and with the setting unset."""
+    unset = _config(os.path.join(root, "unset"))
+    del unset["adopt_process_group"]
+    outcomes = []
+    for config in (_config(os.path.join(root, "false"), adopt_process_group=False), unset):
+        try:
+            Regression(config)
+        except RuntimeError as error:
+            outcomes.append((str(error), dist.is_initialized()))
+        else:
+            outcomes.append((None, dist.is_initialized()))
+    return outcomes
 
 
 def _adoption(root):
@@ -119,8 +130,28 @@ def _train_timeout(root):
     return fresh.timeouts, resumed.timeouts
 
 
+def _graphs_under_ddp(mode: str) -> list[int]:
+    """Node counts of the graphs dynamo hands the backend for one DDP step of a model compiled with ``mode``."""
+    torch._dynamo.reset()
+    graphs: list[int] = []
+
+    def backend(graph, example_inputs):
+        graphs.append(len(graph.graph.nodes))
+        return graph.forward
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(512, 512), torch.nn.Tanh(), torch.nn.Linear(512, 512), torch.nn.Tanh()]
+    model = apply_compile(
+        torch.nn.Sequential(*layers, torch.nn.Linear(512, 1)), {"optimize_ddp": mode, "backend": backend}
+    )
+    # 1 MiB buckets (the smallest DDP allows): each 512 x 512 weight fills one
+    apply_ddp(model, "cpu", bucket_cap_mb=1)(torch.ones(2, 512)).sum().backward()
+    return graphs
+
+
 def _scenarios(rank, world_size, root):
     return {
+        "optimize_ddp": {mode: _graphs_under_ddp(mode) for mode in ("ddp_optimizer", "no_optimization")},
         "reductions": _reductions(rank, os.path.join(root, "reductions")),
         "refusal": _refusal(os.path.join(root, "refusal")),
         "adoption": _adoption(os.path.join(root, "adoption")),
@@ -145,8 +176,9 @@ def test_reductions_average_over_ranks_without_changing_their_input(scenarios):
 
 
 @pytest.mark.timeout(600)
-def test_a_group_started_by_someone_else_is_refused_when_the_config_says_so(scenarios):
-    for message, still_initialized in (s["refusal"] for s in scenarios):
+def test_a_group_started_by_someone_else_is_refused_unless_the_config_adopts_it(scenarios):
+    for message, still_initialized in (outcome for s in scenarios for outcome in s["refusal"]):
+        assert message is not None  # refused, by default too
         assert message.startswith(
             "default process group is already initialized; Runner requires owning process-group lifecycle"
         )
@@ -166,3 +198,11 @@ def test_train_timeout_applies_once_after_the_first_optimizer_step(scenarios):
         assert all(timeouts == (90.0, 90.0) for timeouts in fresh[1:])
         assert len(fresh) == 2
         assert resumed[0] == (STARTING_TIMEOUT, 45.0)  # a resumed run (global_step 5) too
+
+
+@pytest.mark.timeout(600)
+def test_compile_optimize_ddp_decides_how_dynamo_splits_a_ddp_model(scenarios):
+    for graphs in (s["optimize_ddp"] for s in scenarios):
+        assert len(graphs["ddp_optimizer"]) > 1  # one graph per DDP bucket
+        assert len(graphs["no_optimization"]) == 1  # the whole model in one graph
+        assert sum(graphs["ddp_optimizer"]) > graphs["no_optimization"][0]  # the pieces of that graph

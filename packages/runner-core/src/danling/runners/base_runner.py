@@ -461,15 +461,22 @@ class BaseRunner(RunnerRecords, RunnerCheckpointing, metaclass=MetaRunner):
         r"""
         ``loss`` (its mean, if it has several elements) weighted by ``loss_n`` (at least 1) and
         averaged over the group with the other ranks' weights: a float64 scalar; ``None`` without a loss.
+
+        The progress lines report the loss through it, on the log cadence only.  In a group it is
+        collective: a rank without a loss (``None``) still takes part, with weight 0, and gets ``None``.
         """
-        if loss is None:
+        size = group_size(self.all_reduce_group())
+        if loss is None and size <= 1:
             return None
         device = self.all_reduce_device()
-        weight = torch.tensor(float(max(int(loss_n or 1), 1)), dtype=torch.float64, device=device)
-        payload = torch.stack((loss.detach().to(device, torch.float64).mean() * weight, weight))
-        if group_size(self.all_reduce_group()) > 1:
+        if loss is None:
+            payload = torch.zeros(2, dtype=torch.float64, device=device)
+        else:
+            weight = torch.tensor(float(max(int(loss_n or 1), 1)), dtype=torch.float64, device=device)
+            payload = torch.stack((loss.detach().to(device, torch.float64).mean() * weight, weight))
+        if size > 1:
             self.all_reduce(payload)
-        return payload[0] / payload[1]
+        return None if loss is None else payload[0] / payload[1]
 
     def apply_train_timeout(self) -> bool:
         r"""

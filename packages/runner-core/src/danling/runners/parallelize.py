@@ -7,7 +7,8 @@ own next to them (``apply_fsdp``, ``apply_tp`` in ``danling-runner-parallel``).
 
 - ``apply_activation_checkpointing``: recompute activations in backward instead of storing them,
   for every block, every n-th block, or with a selective per-op policy.
-- ``apply_compile``: ``torch.compile`` with the options of ``config.compile``.
+- ``apply_compile``: ``torch.compile`` with the options of ``config.compile``, and its
+  ``optimize_ddp`` as dynamo's process-wide setting.
 - ``apply_ddp``: ``DistributedDataParallel`` with the device ids a device needs.
 
 Order matters: activation checkpointing before compilation (so the compiled graph contains the
@@ -24,6 +25,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .config_sections import OPTIMIZE_DDP_MODES
+
 __all__ = [
     "ActivationCheckpointPolicy",
     "apply_activation_checkpointing",
@@ -32,6 +35,7 @@ __all__ = [
     "checkpoint_blocks",
     "compile_options",
     "resolve_activation_checkpoint_policy",
+    "set_optimize_ddp",
 ]
 
 AC_MODES = ("full", "selective", "op")
@@ -223,8 +227,29 @@ def compile_options(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return kwargs
 
 
+def set_optimize_ddp(mode: str | None) -> None:
+    r"""
+    Set ``torch._dynamo.config.optimize_ddp`` to ``mode`` (``None`` leaves it as it is).
+
+    Dynamo reads the setting whenever it traces a frame under DDP (the first call of a compiled
+    module and every recompilation) and DDP reads it when it wraps a module, not when
+    ``torch.compile`` is called: so it is set process-wide, as torch's own setting is.
+
+    Examples:
+        >>> set_optimize_ddp("sideways")
+        Traceback (most recent call last):
+        ValueError: compile.optimize_ddp must be one of ddp_optimizer, python_reducer, python_reducer_without_compiled_forward, no_optimization; got 'sideways'
+    """
+    if mode is None:
+        return
+    if mode not in OPTIMIZE_DDP_MODES:
+        raise ValueError(f"compile.optimize_ddp must be one of {', '.join(OPTIMIZE_DDP_MODES)}; got {mode!r}")
+    torch._dynamo.config.optimize_ddp = mode
+
+
 def apply_compile(model: nn.Module, config: Mapping[str, Any] | None = None) -> nn.Module:
-    """``torch.compile(model, ...)`` with the options of ``config`` (see ``compile_options``)."""
+    """``torch.compile(model, ...)`` with the options of ``config`` (see ``compile_options``) and its ``optimize_ddp``."""
+    set_optimize_ddp((config or {}).get("optimize_ddp"))
     return torch.compile(model, **compile_options(config))
 
 

@@ -102,9 +102,21 @@ class RunnerRecords:
             values = {name: latest[name] for name, meter in self.meters.items() if meter.count}
         else:
             values = {name: meter.value() for name, meter in self.meters.items() if meter.count}
+        if "loss" in self.meters:  # the same on every rank: the loss meters of a loop
+            logged = self._logged_loss(self.meters["loss"])
+            if logged is not None and "loss" in values:
+                values["loss"] = logged
         if self.metrics is not None:
             values.update(self.metrics.value())
         return values
+
+    def _logged_loss(self, meter: Any) -> float | None:
+        """The latest loss as ``reduce_loss_for_logging`` reports it (collective: every rank calls it)."""
+        loss = torch.tensor(meter.val, dtype=torch.float64) if meter.count else None
+        logged = self.reduce_loss_for_logging(loss, meter.n)
+        if isinstance(logged, torch.Tensor):
+            return logged.item()
+        return logged
 
     def get_epoch_result(self) -> RoundDict:
         """The averages of the meters and metrics over the loop."""

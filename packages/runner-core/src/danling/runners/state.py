@@ -257,10 +257,11 @@ def capture_python_rng_state() -> tuple[int, torch.Tensor, float | None]:
 
 
 def _as_python_state(state: Any) -> tuple:
-    # ``random.setstate`` needs a tuple of ints: from the packed tensor, from ``random.getstate()`` itself, or
-    # from lists (a state that went through JSON or YAML)
+    # ``random.setstate`` needs a tuple of ints: from the packed tensor, from ``random.getstate()`` itself,
+    # from lists (a state that went through JSON or YAML), or from 0-d tensors (torch 2.6's DCP loads a
+    # tensor inside a tuple as a sequence of them)
     version, internal, gauss = state
-    words = internal.tolist() if isinstance(internal, torch.Tensor) else internal
+    words = internal.tolist() if isinstance(internal, torch.Tensor) else [int(word) for word in internal]
     return (version, tuple(words), gauss)
 
 
