@@ -34,6 +34,9 @@ from danling.runners.step import GradientWindow, loss_normalizer, split_batch
 
 from .pipeline import PipelineModel, split_model_parts, stage_indices
 
+#: Tag of the loss the last stage sends, apart from the schedule's own activations and gradients.
+_LOSS_TAG = 0x4C05
+
 __all__ = [
     "MicrobatchLoss",
     "PipelineGradientWindow",
@@ -258,6 +261,7 @@ class PipelineRuntime:
         loss: The schedule's ``MicrobatchLoss`` (``None`` without a criterion: inference only).
         group: The pipeline axis's process group (``None`` on one process).
         last_rank: Global rank of this rank's pipeline peer holding the last stage.
+        peers: Global ranks of the other stages' ranks (the last stage sends them the loss).
         device: Where the pipeline group's collectives run (the CPU for gloo, the GPU for nccl).
     """
 
@@ -270,6 +274,8 @@ class PipelineRuntime:
     group: Any = None
     last_rank: int = 0
     device: Any = None
+    peers: tuple[int, ...] = ()
+    _sends: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def has_first_stage(self) -> bool:
@@ -350,14 +356,28 @@ class PipelineRuntime:
         if self.has_last_stage and losses and valid:
             payload[0] = torch.stack([loss.detach() for loss in losses]).sum() / scale
             payload[1] = scale
-        if self.group is not None and dist.get_world_size(self.group) > 1:
-            dist.broadcast(payload, src=self.last_rank, group=self.group)
+        if not self.peers:
+            return payload
+        self.finish_sends()
+        if self.has_last_stage:
+            # sent, not broadcast: the last stage goes on to its optimizer step while the first
+            # still runs its final backward (1F1B), which then finds the loss waiting
+            self._sends = [dist.isend(payload, dst=peer, group=self.group, tag=_LOSS_TAG) for peer in self.peers]
+        else:
+            dist.recv(payload, src=self.last_rank, group=self.group, tag=_LOSS_TAG)
         return payload
+
+    def finish_sends(self) -> None:
+        """Wait until the other stages have received the last loss this rank sent."""
+        for work in self._sends:
+            work.wait()
+        self._sends = []
 
     def share_predictions(self, values: list[Any]) -> list[Any]:
         """The last stage's predictions on every stage of the pipeline."""
-        if self.group is None or dist.get_world_size(self.group) == 1:
+        if not self.peers:
             return values
+        self.finish_sends()
         box = [values]
         dist.broadcast_object_list(box, src=self.last_rank, group=self.group)
         return box[0]
@@ -407,7 +427,9 @@ def build_pipeline(
         device=device,
         group=group,
     )
-    coordinates = dict(parallel.topology.coordinates, pipeline=degree - 1)
+    coordinates, style = parallel.topology.coordinates, stage_style(cls)
+    ranks = [parallel.topology.rank_from_coordinates({**coordinates, "pipeline": p}) for p in range(degree)]
+    holder = next(p for p in range(degree) if num_stages - 1 in stage_indices(p, degree, num_stages, style))
     runtime = PipelineRuntime(
         schedule=schedule,
         parts=parts,
@@ -416,8 +438,9 @@ def build_pipeline(
         n_microbatches=n_microbatches,
         loss=loss,
         group=group,
-        last_rank=parallel.topology.rank_from_coordinates(coordinates),
+        last_rank=ranks[holder],
         device=device,
+        peers=tuple(peer for p, peer in enumerate(ranks) if p != holder) if group is not None else (),
     )
     return PipelineModel(parts), runtime
 
