@@ -105,6 +105,15 @@ class FakeManager:
     def start_quorum(self) -> None:
         self.calls.append("start_quorum")
 
+    def allreduce(self, tensor: torch.Tensor) -> SimpleNamespace:
+        # another group whose gradients are all ones: the average is (own + 1) / 2
+        self.calls.append(f"allreduce[{tensor.numel()}]")
+        tensor.add_(1).div_(2)
+        return SimpleNamespace(wait=lambda: True)
+
+    def wait_quorum(self) -> None:
+        self.calls.append("wait_quorum")
+
     def should_commit(self) -> bool:
         self.calls.append("should_commit")
         return self.commit
@@ -123,7 +132,8 @@ def test_the_update_is_applied_only_when_the_manager_commits(commit):
     for _ in range(2):  # an accumulation window of two micro-batches: one quorum
         container.backward(model(torch.ones(1, 2)).sum())
     assert container.step() is commit
-    assert container.manager.calls == ["start_quorum", "should_commit"]
+    # the window's item count (2 micro-batches) is averaged over the groups too: (2 + 1) / 2
+    assert container.manager.calls == ["start_quorum", "allreduce[1]", "wait_quorum", "should_commit"]
     assert torch.equal(model.weight, before) is not commit
     assert model.weight.grad is None and container.window.total == 0  # gradients dropped either way
 
@@ -163,3 +173,32 @@ def test_parallel_ft_needs_fsdp_without_model_parallel_axes(settings, message):
         check_ft_support(config)
     config.merge({"fsdp": {"enabled": True}, "parallel": {"axes": {"tensor": 1}}})
     check_ft_support(config)
+
+
+def test_gradients_are_averaged_over_the_groups_in_parameter_order_buckets():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    model[1].bias.requires_grad_(False)  # frozen: left alone
+    manager = FakeManager(commit=True)
+    container = FTOptimizerContainer(
+        manager, torch.optim.SGD(model.parameters(), lr=0.0), all_reduce_gradients=True, bucket_bytes=6 * 4
+    )
+    container.backward(model[0](torch.ones(1, 2)).sum())  # the second layer gets no gradient
+    own = [parameter.grad.clone() for parameter in model[0].parameters()]
+    assert container.step() is True
+    # weight (6 numbers) fills one bucket; bias (3) and the missing second-layer weight (3, as zeros) the next
+    # then the window's item count
+    assert manager.calls == [
+        "start_quorum",
+        "allreduce[6]",
+        "allreduce[6]",
+        "allreduce[1]",
+        "wait_quorum",
+        "should_commit",
+    ]
+    averaged = [(gradient + 1) / 2 for gradient in own]
+    assert [parameter.grad is None for parameter in model.parameters()] == [True] * 4  # zeroed after the step
+    container.backward(model[0](torch.ones(1, 2)).sum())
+    container.average_over_groups()
+    for parameter, expected in zip(model[0].parameters(), averaged):
+        assert torch.equal(parameter.grad, expected)
+    assert torch.equal(model[1].weight.grad, torch.full((1, 3), 0.5)) and model[1].bias.grad is None

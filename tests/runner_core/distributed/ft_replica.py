@@ -113,11 +113,17 @@ def main() -> None:
     }
     if args.stack == "parallel":
         config["fsdp"] = {"enabled": True}
+    else:  # windows of 3 batches: a pass of 32 ends mid-window, flushed across the groups
+        config["accum_steps"] = 3
     runner = build(runner_class(args.stack), args.sleep)(config)
     runner.root = args.root
     start_position = dict(runner.loop_state.batches)
     with open(os.path.join(args.root, f"ready-{args.replica}"), "w"):
         pass
+    # both groups start together (one that starts alone trains alone until the other arrives)
+    peer_ready, deadline = os.path.join(args.root, f"ready-{1 - args.replica}"), time.monotonic() + 120
+    while not os.path.exists(peer_ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
     runner.train()
     torch.save(full_state(runner), os.path.join(args.root, f"final-{args.replica}.pt"))
     report = {"start_position": start_position, "first_update": runner.first_update}

@@ -10,10 +10,9 @@ weights, optimizer and scheduler state from a live group before its first update
   ``config.ft.enabled``; enabled, it owns the torchft ``Manager``, its process group and, for
   one-process groups, the group's own store.  ``torchft`` is imported only then.
 - ``FTOptimizerContainer``: the runner's ``OptimizerContainer`` stepping through the manager:
-  a quorum is started before each window's first backward, and an update is applied only when
-  ``manager.should_commit()`` agrees.
-- ``apply_ft_ddp``: DDP whose gradient all-reduce goes through the manager (after the all-reduce
-  inside the group when the group has several ranks).
+  a quorum is started before each window's first backward; at the step the gradients (averaged
+  inside the group by DDP) are averaged over the groups through the manager, and the update is
+  applied only when ``manager.should_commit()`` agrees.
 - ``FTDataLoaderCheckpointer``: each replica group's loader positions, saved at the checkpoint
   cadence under ``{checkpoint_dir}/{ft_dataloader_checkpoint_prefix}-{replica}`` and restored when
   the group restarts (``checkpoint.enable_ft_dataloader_checkpoints``; on whenever ``ft.enabled``).
@@ -34,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import distributed as dist
-from torch import nn
 
 from .step import OptimizerContainer
 
@@ -46,7 +44,6 @@ __all__ = [
     "FTDataLoaderCheckpointer",
     "FTOptimizerContainer",
     "FaultTolerance",
-    "apply_ft_ddp",
     "check_ft_support",
     "ft_container_class",
     "ft_replica_name",
@@ -64,8 +61,8 @@ _NOT_INSTALLED = (
 )
 #: The axes that split the model: TorchFT replicates whole (FSDP-sharded) models only.
 _MODEL_AXES = ("pipeline", "tensor", "context", "expert", "expert_tensor")
-#: The peer-recoverable components of a runner, besides the global step.
-_COMPONENTS = ("model", "optimizer", "scheduler", "scaler", "ema")
+#: The peer-recoverable components of a runner, besides the model and the global step.
+_COMPONENTS = ("optimizer", "scheduler", "scaler", "ema")
 
 
 def _import_torchft() -> Any:
@@ -127,9 +124,18 @@ def ft_replica_name(config: Any, rank: int, environ: Mapping[str, str] = os.envi
 
 
 def ft_state_dict(runner: TorchRunner) -> dict[str, Any]:
-    """What a recovering replica group takes from a live one: the trained components and the global step."""
-    state = runner.state_dict()
-    payload = {key: state.get(key) for key in _COMPONENTS}
+    r"""
+    What a recovering replica group takes from a live one: the trained components and the global step.
+
+    torchft reads it from its quorum thread while the main thread computes the step, so it is only
+    the components' own ``state_dict()`` (no runner-level side effects such as the DCP helpers'
+    optimizer initialisation, which would step the optimizer under the running backward).  The
+    groups have the same layout, so sharded (DTensor) values go as they are.
+    """
+    payload: dict[str, Any] = {"model": runner.unwrap(runner.model).state_dict()}
+    for key in _COMPONENTS:
+        component = getattr(runner, key)
+        payload[key] = component.state_dict() if component is not None else None
     payload["global_step"] = runner.train_state.global_step
     return payload
 
@@ -137,36 +143,19 @@ def ft_state_dict(runner: TorchRunner) -> dict[str, Any]:
 def load_ft_state_dict(runner: TorchRunner, state: Mapping[str, Any]) -> None:
     """Load a peer's ``ft_state_dict`` in place (parameters keep their identity: the optimizer still holds them)."""
     runner.load_model(state["model"])
-    if runner.ema is not None:
-        runner.load_ema(state.get("ema"))
-    if runner.optimizer is not None:
-        _load_optimizer(runner, state.get("optimizer"))
-    if runner.scheduler is not None:
-        runner.load_scheduler(state.get("scheduler"))
-    if runner.scaler is not None and state.get("scaler") is not None:
-        runner.scaler.load_state_dict(state["scaler"])
-    runner.train_state.global_step = int(state["global_step"])
-
-
-def _load_optimizer(runner: TorchRunner, state: Any) -> None:
     optimizer = runner.optimizer
-    # Recovery runs mid-step, with this step's gradients in place.  Set them aside: the DCP loader
-    # (ParallelRunner) creates missing optimizer state only on parameters without a gradient, and
-    # a group that restarted has none yet (without it, the peer's momentum would be dropped).
-    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
-    gradients = [parameter.grad for parameter in parameters]
-    for parameter in parameters:
-        parameter.grad = None
-    # Loading replaces the parameter-group dicts: keep the old ones, the loop's meters read them.
-    groups = optimizer.param_groups
-    try:
-        runner.load_optimizer(state)
-    finally:
-        for parameter, gradient in zip(parameters, gradients):
-            parameter.grad = gradient
-    for group, loaded in zip(groups, optimizer.param_groups):
-        group.update(loaded)
-    optimizer.param_groups = groups
+    if optimizer is not None:
+        # Loading replaces the parameter-group dicts: keep the old ones, the loop's meters read them.
+        groups = optimizer.param_groups
+        optimizer.load_state_dict(state["optimizer"])
+        for group, loaded in zip(groups, optimizer.param_groups):
+            group.update(loaded)
+        optimizer.param_groups = groups
+    for key in ("scheduler", "scaler", "ema"):
+        component = getattr(runner, key)
+        if component is not None and state.get(key) is not None:
+            component.load_state_dict(state[key])
+    runner.train_state.global_step = int(state["global_step"])
 
 
 class FaultTolerance:
@@ -263,11 +252,11 @@ class FaultTolerance:
         return self.manager.participating_rank() if self.enabled else None
 
     def optimizer_container(self, optimizer: Any, *args: Any, **kwargs: Any) -> OptimizerContainer:
-        """An ``FTOptimizerContainer`` on this manager (the arguments of ``OptimizerContainer``)."""
-        return FTOptimizerContainer(self.manager, optimizer, *args, **kwargs)
+        """An ``FTOptimizerContainer`` averaging over the replica groups at the step (DDP inside a group)."""
+        return FTOptimizerContainer(self.manager, optimizer, *args, all_reduce_gradients=True, **kwargs)
 
     def optimizer_container_class(self, base: type[OptimizerContainer]) -> Any:
-        """A factory of ``base`` containers stepping through this manager (the arguments of ``base``)."""
+        """A factory of ``base`` containers committing through this manager; the model averages (FSDP's hook)."""
         return functools.partial(ft_container_class(base), self.manager)
 
     def init_dataloader_checkpoints(self) -> None:
@@ -308,15 +297,35 @@ class FTOptimizerContainer(OptimizerContainer):
     ``OptimizerContainer`` under a torchft ``Manager``: torchft's ``OptimizerWrapper`` protocol in
     the container the runner already drives.
 
-    The first backward of an accumulation window starts the step's quorum (the gradient
-    all-reduce waits for it, and a recovering group receives its peer's state in it); ``step``
-    asks ``manager.should_commit()`` (which first loads a received state) and applies the update
-    only when every rank of every participating group agrees, else drops the gradients.
+    The first backward of an accumulation window starts the step's quorum (a recovering group
+    receives its peer's state in it); ``step`` averages the window's gradients over the replica
+    groups (with ``all_reduce_gradients``), then asks ``manager.should_commit()``, which first loads a
+    received state, and applies the update only when every rank of every participating group
+    agrees, else drops the gradients.
+
+    The average runs here, at the step, in buckets of ``bucket_bytes`` in parameter order, rather
+    than in DDP's backward hooks: every step of every group is then the same sequence of
+    collectives, however its window ended (a loader that runs out mid-window flushes a partial
+    window, at a different moment in each group once a restarted group reads from its own
+    position).  A missing gradient counts as zeros.  When micro-batches are weighed (``normalize``),
+    the window's item count is averaged over the groups too, so every group divides the averaged
+    gradient sums by the same count.  FSDP averages in its reduce hook instead
+    (``all_reduce_gradients=False``).
     """
 
-    def __init__(self, manager: Any, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        manager: Any,
+        optimizer: torch.optim.Optimizer,
+        *args: Any,
+        all_reduce_gradients: bool = False,
+        bucket_bytes: int = 64 << 20,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(optimizer, *args, **kwargs)
         self.manager = manager
+        self.all_reduce_gradients = all_reduce_gradients
+        self.bucket_bytes = bucket_bytes
         self.quorum_started = False
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -330,10 +339,63 @@ class FTOptimizerContainer(OptimizerContainer):
             self.discard()
             return False
         self.quorum_started = False
+        if self.all_reduce_gradients:
+            self.average_over_groups()
+        if self.normalize:
+            self.average_window_total()
+        # should_commit applies a received state only once the quorum is in (an all-reduce waits for it)
+        self.manager.wait_quorum()
         if not self.manager.should_commit():
             self.discard()
             return False
         return super().step()
+
+    def average_window_total(self) -> None:
+        r"""
+        Replace this rank's window total by its average over the groups, so that every group divides
+        the averaged gradient sums by the same count (windows differ in size when one ends a pass early).
+        """
+        total = torch.tensor([self.window.total], dtype=torch.float64)
+        self.manager.allreduce(total).wait()
+        self.window.total = float(total.item())
+
+    def average_over_groups(self) -> None:
+        """Average every trainable parameter's gradient over the replica groups in the quorum, in place."""
+        gradients = []
+        for parameter in self.parameters:
+            if parameter.requires_grad:
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+                gradients.append(parameter.grad)
+        for bucket in _buckets(gradients, self.bucket_bytes):
+            flat = torch._utils._flatten_dense_tensors(bucket)
+            self.manager.allreduce(flat).wait()
+            for gradient, averaged in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket)):
+                gradient.copy_(averaged)
+
+
+def _buckets(tensors: list[torch.Tensor], bucket_bytes: int) -> list[list[torch.Tensor]]:
+    r"""
+    Consecutive runs of ``tensors`` of one dtype and device, each at most ``bucket_bytes`` (or one tensor).
+
+    Examples:
+        >>> sizes = [[len(b) for b in _buckets([torch.zeros(4)] * 5, bucket_bytes=40)]]
+        >>> sizes, [len(b) for b in _buckets([torch.zeros(2), torch.zeros(2, dtype=torch.int64)], 1 << 20)]
+        ([[2, 2, 1]], [1, 1])
+    """
+    buckets: list[list[torch.Tensor]] = []
+    size = 0
+    for tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        last = buckets[-1] if buckets else None
+        same_kind = last is not None and (last[0].dtype, last[0].device) == (tensor.dtype, tensor.device)
+        if not same_kind or size + nbytes > bucket_bytes:
+            buckets.append([tensor])
+            size = nbytes
+        else:
+            last.append(tensor)
+            size += nbytes
+    return buckets
 
 
 @functools.cache
@@ -350,36 +412,6 @@ def ft_container_class(base: type[OptimizerContainer]) -> type[FTOptimizerContai
     if issubclass(base, FTOptimizerContainer):
         return base
     return type(f"FT{base.__name__}", (FTOptimizerContainer, base), {"__module__": __name__})
-
-
-def apply_ft_ddp(model: nn.Module, manager: Any, device: torch.device, process_group: Any = None) -> nn.Module:
-    r"""
-    Data parallelism over replica groups: the gradient buckets are averaged through ``manager``.
-
-    In a one-rank group this is torchft's ``DistributedDataParallel``.  In a group of several
-    ranks each bucket is first averaged over the group (``process_group``, default: the default
-    group), then over the replica groups.
-    """
-    torchft = _import_torchft()
-    if not dist.is_initialized() or dist.get_world_size(process_group) == 1:
-        return torchft.DistributedDataParallel(manager, model)
-    device_ids = [device.index] if device.type == "cuda" else None
-    # find_unused_parameters keeps the buckets as built: a recovering group must bucket like its peers
-    ddp = nn.parallel.DistributedDataParallel(
-        model, device_ids=device_ids, process_group=process_group, find_unused_parameters=True
-    )
-    group_size = dist.get_world_size(process_group)
-
-    def hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-        buffer = bucket.buffer()
-        dist.all_reduce(buffer, group=process_group)
-        buffer.div_(group_size)
-        work = manager.allreduce(buffer)
-        work.wait()
-        return work.get_future()._fut
-
-    ddp.register_comm_hook(None, hook)
-    return ddp
 
 
 class FTDataLoaderCheckpointer:

@@ -48,7 +48,7 @@ from .distributed import (
     is_initialized,
 )
 from .distributed import destroy_process_group as destroy_default_group
-from .fault_tolerance import FT_SETTINGS, FaultTolerance, apply_ft_ddp, check_ft_support
+from .fault_tolerance import FT_SETTINGS, FaultTolerance, check_ft_support
 from .optim import build_optimizer, build_scheduler, monitored_metric, wrap_scheduler
 from .parallelize import apply_activation_checkpointing, apply_compile, apply_ddp
 from .registry import normalize_stack_name
@@ -240,10 +240,9 @@ class TorchRunner(RunnerServices, BaseRunner):
         model = apply_activation_checkpointing(model, self.config.get("activation_checkpoint"))
         if self.config.compile.enable:
             model = apply_compile(model, self.config.compile)
-        # DDP outermost: its gradient hooks stay outside the compiled graph
-        if self.ft.enabled:  # averaged over the replica groups through the TorchFT manager
-            model = apply_ft_ddp(model, self.ft.manager, self.device)
-        elif self.distributed and is_initialized():
+        # DDP outermost: its gradient hooks stay outside the compiled graph.  Under TorchFT it averages
+        # inside the replica group; the optimizer container averages over the groups at the step.
+        if self.distributed and is_initialized():
             model = apply_ddp(model, self.device)
         self.model = model
         if isinstance(self.ema, nn.Module):
