@@ -4,13 +4,17 @@ It overrides the backend hooks of runner-core (see its ``BACKENDS.md``) and the 
 a sharded model needs; the loop, the step bookkeeping, meters, results and the restore order
 are ``TorchRunner``'s.  The work is in functions on modules: ``topology`` (axes, domains, mesh),
 ``parallelize`` (tensor parallel, activation checkpointing, compile, FSDP2 in that order),
-``gradients`` (clipping over the mesh) and ``resume`` (topology checks on restore).
+``gradients`` (clipping over the mesh), ``resume`` (topology checks on restore), and
+``pipeline`` / ``pipeline_schedule`` (stages cut from the model, each parallelized on its own,
+and the schedule a pipelined step runs).
 
 Beyond the hooks it overrides three ``TorchRunner`` methods, because runner-core offers no seam
 for them yet: ``__init__`` (the config's ``stack`` is ``"parallel"``), ``set_seed`` (every rank
 seeds alike, so every rank builds the same initial model, as ``fully_shard`` and
 ``parallelize_module`` expect) and ``build_dataloaders`` (batches are split over the data
-domain, not over every rank: tensor-parallel peers read the same batch).
+domain, not over every rank: tensor-parallel peers read the same batch; middle pipeline stages
+get a ``StepProxyLoader``).  With ``parallel.axes.pipeline > 1`` the steps (``train_step``,
+``evaluate_step``, ``infer_step``) run through the pipeline schedule instead of the model.
 """
 
 from __future__ import annotations
