@@ -248,6 +248,13 @@ def test_config_id_is_stable_and_twelve_hex_digits(epochs, lr):
     assert int(first, 16) == hash(config) % 2**48  # the low 48 bits of the config's hash
 
 
+def test_allowing_a_degree_change_does_not_make_a_parallel_run_another_run():
+    saved = RunnerConfig(stack="parallel", parallel={"axes": {"tensor": 2}})
+    resuming = RunnerConfig(stack="parallel", parallel={"axes": {"tensor": 2}, "allow_degree_change": True})
+    assert hash(saved) == hash(resuming)
+    assert hash(saved) != hash(RunnerConfig(stack="parallel", parallel={"axes": {"tensor": 4}}))
+
+
 def test_semantic_difference_is_symmetric():
     saved = {"epochs": 2, "optim": {"lr": 0.1, "weight_decay": 0.01}, "heartbeat": {"enabled": True}}
     current = {"epochs": 2, "optim": {"lr": 0.2}, "resume": "latest.pth", "checkpoint": {"interval": 5}}

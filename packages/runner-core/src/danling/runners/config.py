@@ -74,6 +74,10 @@ NON_SEMANTIC_CONFIG_KEYS = frozenset(
     }
 )
 #: ``checkpoint.*`` keys that do not change what a run computes (all but ``backend``).
+#: Keys of ``parallel`` that say how a run may be resumed, not what it computes: turning
+#: ``allow_degree_change`` on to resume with another degree must not make the run a different one.
+NON_SEMANTIC_PARALLEL_KEYS = frozenset({"allow_degree_change"})
+
 NON_SEMANTIC_CHECKPOINT_KEYS = frozenset(
     {
         "dir_name",
@@ -472,6 +476,9 @@ class RunnerConfig(OpenSection):
         if stack != "parallel":
             canonical.pop("fsdp", None)
             canonical.pop("parallel", None)
+        elif isinstance(canonical.get("parallel"), Mapping):
+            for key in NON_SEMANTIC_PARALLEL_KEYS:
+                canonical["parallel"].pop(key, None)
         for key, section in _ON_DEMAND_SECTIONS:
             if key in canonical and (canonical[key] is None or canonical[key] == _pristine(section)):
                 del canonical[key]
@@ -558,6 +565,7 @@ __all__ = [
     "FT_PROCESS_GROUPS",
     "NON_SEMANTIC_CHECKPOINT_KEYS",
     "NON_SEMANTIC_CONFIG_KEYS",
+    "NON_SEMANTIC_PARALLEL_KEYS",
     "PRECISIONS",
     "SCHEDULER_INTERVALS",
     "CheckpointConfig",

@@ -135,8 +135,8 @@ class TorchRunner(RunnerServices, BaseRunner):
         if int(os.getenv("WORLD_SIZE", "1")) > 1 and is_initialized() and not self.adopts_process_group:
             raise RuntimeError(f"{PROCESS_GROUP_OWNED}; set `adopt_process_group: true` to use the existing group")
         self.owns_process_group = init_process_group_from_env(
-            backend=self.config.get("backend"),
-            init_method=self.config.get("init_method"),
+            backend=self.config.get("backend") or os.getenv("BACKEND"),
+            init_method=self.config.get("init_method") or os.getenv("INIT_METHOD"),
             timeout_seconds=self.config.comm.init_timeout_seconds,
         )
         if self.device.type == "cuda":
