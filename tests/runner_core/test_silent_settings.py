@@ -4,10 +4,14 @@
   (how it changes a DDP model's graphs is shown on two gloo ranks in
   ``distributed/test_conformance_distributed.py``);
 - ``reduce_loss_for_logging`` (17112) is what the progress lines report the loss through, at the
-  logging points only.
+  logging points only;
+- the ``ddp`` stack refuses ``fsdp``, ``parallel.axes`` and ``deepspeed`` settings, which only the
+  ``parallel`` and ``deepspeed`` stacks read.
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -78,3 +82,21 @@ def test_progress_lines_report_the_loss_through_reduce_loss_for_logging(tmp_path
     for (loss, loss_n, _), reported in zip(runner.calls, runner.reported):
         assert isinstance(loss_n, int) and loss_n >= 1  # the weight the loss meter holds
         assert reported["loss"] == pytest.approx(loss + 1000)  # the line shows what the hook returned
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"fsdp": {"enabled": True}}, "fsdp.enabled=True is read by the 'parallel' stack only"),
+        ({"parallel": {"axes": {"tensor": 2}}}, "parallel.axes.tensor=2 is read by the 'parallel' stack only"),
+        ({"deepspeed": {"zero_optimization": {"stage": 2}}}, "deepspeed=['zero_optimization'] is read by the 'deep"),
+    ],
+)
+def test_the_ddp_stack_refuses_settings_only_another_stack_reads(tmp_path, settings, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        ClassifierRunner(base_config(tmp_path, epochs=1, **settings))
+
+
+def test_the_ddp_stack_still_takes_data_replication_and_disabled_fsdp(tmp_path):
+    settings = {"parallel": {"axes": {"replicate": 1}}, "fsdp": {"enabled": False}}
+    ClassifierRunner(base_config(tmp_path, epochs=1, **settings)).close()

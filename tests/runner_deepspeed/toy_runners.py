@@ -67,6 +67,8 @@ def config(root: Any, **overrides: Any) -> dict[str, Any]:
         "adopt_process_group": True,  # under run_workers the group exists before the runner
     }
     values.update(overrides)
+    if values["stack"] == "ddp":  # the plain-torch reference: the ddp stack refuses DeepSpeed's settings
+        values.pop("deepspeed")
     return values
 
 

@@ -114,3 +114,40 @@ class _RunnerRegistry(Mapping[str, type]):
 
 
 RUNNER_REGISTRY: Mapping[str, type] = _RunnerRegistry()
+
+
+#: Axes of ``parallel.axes`` that only the ``parallel`` stack honours (the ``ddp`` stack replicates the data).
+MODEL_PARALLEL_AXES = ("shard", "context", "pipeline", "tensor", "expert", "expert_tensor")
+
+
+def check_stack_sections(config: Mapping[str, Any]) -> None:
+    r"""
+    Refuse settings that only another stack reads, on the ``ddp`` stack (which would ignore them).
+
+    ``fsdp.enabled`` and a ``parallel.axes`` degree other than 1 (except ``replicate``) need
+    ``stack: parallel``; a ``deepspeed`` section needs ``stack: deepspeed``.  Other stacks are
+    left to check their own settings.
+
+    Examples:
+        >>> check_stack_sections({"stack": "ddp", "fsdp": {"enabled": True}})
+        Traceback (most recent call last):
+        ValueError: fsdp.enabled=True is read by the 'parallel' stack only (danling-runner-parallel); the 'ddp' stack would ignore it: set stack: parallel, or remove it
+    """
+    if normalize_stack_name(config.get("stack")) != "ddp":
+        return
+    ignored: list[tuple[str, Any, str]] = []
+    fsdp = config.get("fsdp") or {}
+    if fsdp.get("enabled"):
+        ignored.append(("fsdp.enabled", fsdp.get("enabled"), "parallel"))
+    axes = (config.get("parallel") or {}).get("axes") or {}
+    ignored.extend(
+        (f"parallel.axes.{axis}", axes[axis], "parallel") for axis in MODEL_PARALLEL_AXES if axes.get(axis, 1) != 1
+    )
+    if config.get("deepspeed"):
+        ignored.append(("deepspeed", sorted(config["deepspeed"]), "deepspeed"))
+    if ignored:
+        key, value, stack = ignored[0]
+        raise ValueError(
+            f"{key}={value!r} is read by the {stack!r} stack only ({STACK_DISTRIBUTIONS[stack]}); the 'ddp' stack "
+            f"would ignore it: set stack: {stack}, or remove it"
+        )

@@ -51,7 +51,7 @@ from .distributed import destroy_process_group as destroy_default_group
 from .fault_tolerance import FT_SETTINGS, FaultTolerance, check_ft_support
 from .optim import build_optimizer, build_scheduler, monitored_metric, wrap_scheduler
 from .parallelize import apply_activation_checkpointing, apply_compile, apply_ddp
-from .registry import normalize_stack_name
+from .registry import check_stack_sections, normalize_stack_name
 from .services import RunnerServices
 from .step import (
     NO_CONTEXT,
@@ -150,6 +150,7 @@ class TorchRunner(RunnerServices, BaseRunner):
     def check_settings(self) -> None:
         super().check_settings()
         check_ft_support(self.config)
+        check_stack_sections(self.config)  # fsdp / parallel / deepspeed settings on the ddp stack
 
     @cached_property
     def device(self) -> torch.device:
