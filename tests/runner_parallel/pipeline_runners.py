@@ -58,7 +58,12 @@ class _Task:
 
 
 class MLPRunner(_Task, ParallelRunner):
-    """``ParallelRunner`` on the MLP."""
+    """``ParallelRunner`` on the MLP; with an evaluation split, also the same inputs without targets (``infer``)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        if self.evaluates:  # evaluated after each epoch (no loss to report) and predicted on
+            self.datasets.infer = TensorDataset(dataset(offset=1).tensors[0])
 
 
 class MLPTorchRunner(_Task, TorchRunner):

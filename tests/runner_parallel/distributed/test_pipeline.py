@@ -4,7 +4,8 @@ The test process trains the reference (all 8 samples of a step through the whole
 of processes then runs, each a 2-stage pipeline over 4 micro-batches of 2 samples:
 
 - GPipe and 1F1B on the even split (stage 0: the first two layers, stage 1: the last two), two
-  epochs with an evaluation split, then inference;
+  epochs with an evaluation split and a split of the same inputs without targets (evaluated: no
+  loss; then inference on it);
 - interleaved 1F1B on four stages named in ``module_fqns_per_model_part`` (2 stages per rank);
 - a fresh 1F1B run resuming the 1F1B run's epoch-1 checkpoint and training epoch 2.
 """
@@ -50,7 +51,8 @@ def _train(root: str, name: str, pipeline: dict, **overrides) -> dict:
     results = runner.train()
     outcome["parameters"] = local_parameters(runner)
     outcome["losses"] = {split: results[1][split]["loss"] for split in ("train", "val")}
-    outcome["predictions"] = runner.infer("val")
+    outcome["without targets"] = dict(results[1]["infer"]) if "infer" in results[1] else None
+    outcome["predictions"] = runner.infer("infer")  # the val inputs, without targets
     outcome["checkpoints"] = runner.checkpoint_manager.directory
     runner.close()
     return outcome
@@ -113,6 +115,7 @@ def test_every_stage_reports_the_batch_loss_and_predictions(runs, schedule):
         for split in ("train", "val"):
             assert run["losses"][split] == pytest.approx(expected["losses"][split], rel=1e-5)
         assert run["predictions"] == pytest.approx(expected["predictions"], abs=1e-5)
+        assert run["without targets"] is not None and "loss" not in run["without targets"]  # no targets, no loss
 
 
 def test_checkpoints_hold_each_stage_under_its_model_names(runs):
