@@ -51,6 +51,15 @@ def mkdocs_command() -> list[str]:
     return [uv, "run", "--locked", "--group", "docs", "mkdocs"]
 
 
+def _outside_session_environment() -> dict[str, str]:
+    """This process's environment without the variables that point uv at the running interpreter's env.
+
+    Inside a nox session (``tests(torch='2.6')``) nox sets ``UV_PROJECT_ENVIRONMENT`` to the session's
+    virtual environment: ``uv run --locked`` would then sync the locked torch into it, under the tests.
+    """
+    return {key: value for key, value in os.environ.items() if key not in ("UV_PROJECT_ENVIRONMENT", "VIRTUAL_ENV")}
+
+
 @pytest.fixture(scope="module")
 def site_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     site = tmp_path_factory.mktemp("site")
@@ -60,7 +69,7 @@ def site_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        env={**_outside_session_environment(), "NO_MKDOCS_2_WARNING": "1"},
     )
     assert build.returncode == 0, f"mkdocs build --strict failed:\n{build.stdout}\n{build.stderr}"
     handler = functools.partial(QuietHandler, directory=str(site))
