@@ -59,7 +59,10 @@ def test_median_along_an_element_dim_matches_every_element(name, tensors, batch_
     op = getattr(torch, name)
     dim, inner = _dims(tensors[0].dim(), batch_first, data)
     uniform = len({op(t, inner, keepdim).values.shape for t in tensors}) == 1
-    for part, grad in (("values", True), ("indices", False)):
+    # where every value of a slice is NaN, nanmedian's index (and so where its gradient goes) is unspecified:
+    # torch 2.6 and later versions pick different ones
+    all_nan = name == "nanmedian" and any(bool(torch.isnan(t).all(inner).any()) for t in tensors)
+    for part, grad in (("values", not all_nan), ("indices", False)):
         if part == "indices" and nans and name == "nanmedian":
             continue  # where every value is NaN torch's index is unspecified
         check_op(
