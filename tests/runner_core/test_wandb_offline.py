@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,8 @@ def read_wandb_records(path: Path):
         if length == 0 and kind == 0:  # zero padding up to the end of the block
             position += left_in_block
             continue
+        if position + 7 + length > len(data):  # a record still being written
+            return
         chunks.append(data[position + 7 : position + 7 + length])
         position += 7 + length
         if kind in (_FULL, _LAST):
@@ -41,14 +44,27 @@ def read_wandb_records(path: Path):
             yield record
 
 
+def complete_records(log_file: Path, timeout: float = 60.0) -> list:
+    """The records of ``log_file`` once its ``exit`` record is there: W&B's service may still be writing
+    the file after ``finish()`` returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(read_wandb_records(log_file))
+        if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
 def logged_history(run_dir: Path) -> tuple[list[dict[str, float]], object]:
     (log_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     rows, run_record, kinds = [], None, []
-    for record in read_wandb_records(log_file):
+    for record in complete_records(log_file):
         kind = record.WhichOneof("record_type")
         kinds.append(kind)
         if kind == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
         elif kind == "run":
             run_record = record.run
     assert run_record is not None, f"no run record in {log_file}: {kinds}"

@@ -47,6 +47,8 @@ def test_sigterm_sets_a_flag_chains_to_the_previous_handler_and_is_restored(tmp_
 
 
 def test_sigint_only_when_configured_and_a_second_one_exits_at_once(tmp_path, restore_sigterm):
+    # Python's own handler, whatever the launcher left (a shell's background job starts with SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     plain = RunnerSupervisor(tmp_path)
     plain.init_signal_handlers()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
