@@ -478,6 +478,9 @@ class BaseRunner(RunnerRecords, RunnerCheckpointing, metaclass=MetaRunner):
             self.all_reduce(payload)
         return None if loss is None else payload[0] / payload[1]
 
+    # what ``meters.batch()`` computes for the loss meter: progress lines skip the call unless it is overridden
+    reduce_loss_for_logging.averages_like_the_meters = True  # type: ignore[attr-defined]
+
     def apply_train_timeout(self) -> bool:
         r"""
         Shorten the process groups' timeout to ``comm.train_timeout_seconds``, once per process.

@@ -102,7 +102,10 @@ class RunnerRecords:
             values = {name: latest[name] for name, meter in self.meters.items() if meter.count}
         else:
             values = {name: meter.value() for name, meter in self.meters.items() if meter.count}
-        if "loss" in self.meters:  # the same on every rank: the loss meters of a loop
+        # the same on every rank: the loss meters of a loop.  The default reduction is the meters' own
+        # weighted mean (already in ``values``), so only an override costs a reduction of its own.
+        overridden = not getattr(type(self).reduce_loss_for_logging, "averages_like_the_meters", False)
+        if "loss" in self.meters and overridden:
             logged = self._logged_loss(self.meters["loss"])
             if logged is not None and "loss" in values:
                 values["loss"] = logged
