@@ -190,7 +190,10 @@ def bench(session: nox.Session) -> None:
     dev = [requirement for requirement in DEV_DEPENDENCIES if not requirement.startswith("danling-")]
     bench_dependencies = nox.project.dependency_groups(PYPROJECT, "bench")
     session.install(*editable, "-e", ".", *dev, *bench_dependencies)
-    scripts = session.posargs or [str(path) for path in sorted((ROOT / "benchmarks").glob("*.py"))]
+    # ``_*.py`` in benchmarks/ are modules the scripts share, not benchmarks
+    scripts = session.posargs or [
+        str(path) for path in sorted((ROOT / "benchmarks").glob("*.py")) if not path.name.startswith("_")
+    ]
     pages = ROOT / "docs" / "benchmarks"
     pages.mkdir(parents=True, exist_ok=True)
     for script in scripts:

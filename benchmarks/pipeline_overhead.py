@@ -29,15 +29,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
-import socket
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 
 import torch
 import torch.multiprocessing as mp
+from _paired_ranks import join_group, print_table, run_ranks, time_cases  # next to this script
 from torch import distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage
@@ -153,35 +151,16 @@ def runner_loop(dataset: TensorDataset, steps: int) -> tuple[float, float]:
 
 
 def worker(rank: int, port: int, steps: int, repeats: int, results: mp.Queue) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD_SIZE),
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    join_group(rank, port, WORLD_SIZE)
     dataset = make_data()
     cases: dict[str, Callable[[], tuple[float, float]]] = {
         "pipelining loop": lambda: raw_loop(dataset, steps, rank),
         "runner": lambda: runner_loop(dataset, steps),
     }
-    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
-    for repeat in range(repeats + 1):  # the first round warms up imports, allocator and caches
-        for name, case in cases.items():
-            timing = case()
-            if repeat:
-                timings[name].append(timing)
+    timings = time_cases(cases, repeats)
     if rank == 0:
         results.put(timings)
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:
@@ -189,33 +168,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=32)
     args = parser.parse_args()
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    port = free_port()
-    processes = [
-        context.Process(target=worker, args=(rank, port, args.steps, args.repeats, results))
-        for rank in range(WORLD_SIZE)
-    ]
-    for process in processes:
-        process.start()
-    timings = results.get()
-    for process in processes:
-        process.join()
-    raw = timings["pipelining loop"]
+    timings = run_ranks(worker, WORLD_SIZE, args.steps, args.repeats)
     print(
         f"1F1B pipeline training: {WORLD_SIZE} stages on {WORLD_SIZE} processes (gloo), {args.steps} steps, "
         f"batch {BATCH} in {MICROBATCHES} micro-batches, Transformer width 128 x 4 blocks, AdamW, "
         f"1 thread each, {args.repeats} repeats"
     )
-    print(f"{'variant':<16} {'median s':>9} {'ms/step':>8} {'ratio':>6} {'cpu ratio':>9} {'min ratio':>9}")
-    for name, values in timings.items():
-        ratio = statistics.median(wall / base[0] for (wall, _), base in zip(values, raw))
-        cpu_ratio = statistics.median(cpu / base[1] for (_, cpu), base in zip(values, raw))
-        min_ratio = min(wall for wall, _ in values) / min(wall for wall, _ in raw)
-        median = statistics.median(wall for wall, _ in values)
-        print(
-            f"{name:<16} {median:9.4f} {median / args.steps * 1e3:8.3f} {ratio:6.3f} {cpu_ratio:9.3f} {min_ratio:9.3f}"
-        )
+    print_table(timings, "pipelining loop", args.steps)
 
 
 if __name__ == "__main__":

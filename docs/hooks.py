@@ -144,10 +144,15 @@ def benchmark_summary(script: Path) -> str:
     return first_line.replace("``", "`")
 
 
+def benchmark_scripts() -> list[Path]:
+    """The benchmark scripts; ``_*.py`` are modules they share, not benchmarks."""
+    return sorted(path for path in BENCHMARKS.glob("*.py") if not path.name.startswith("_"))
+
+
 def benchmark_table() -> str:
     rows = [
         f"| [{path.stem}]({BENCHMARK_PAGES}/{path.stem}.md) | {benchmark_summary(path)} |"
-        for path in sorted(BENCHMARKS.glob("*.py"))
+        for path in benchmark_scripts()
     ]
     return "\n".join(["| page | what it measures |", "|---|---|", *rows])
 
@@ -167,7 +172,7 @@ def on_files(files: Any, config: Any) -> Any:
 
     for name in LR_PLOTS:
         files.append(File.generated(config, f"guides/lrsched/{name}.png", content=lr_plot(name)))
-    for script in sorted(path.stem for path in BENCHMARKS.glob("*.py")):
+    for script in (path.stem for path in benchmark_scripts()):
         uri = f"{BENCHMARK_PAGES}/{script}.md"
         if files.get_file_from_path(uri) is None:
             files.append(File.generated(config, uri, content=benchmark_placeholder(script)))
