@@ -1,8 +1,9 @@
 """What the multi-process benchmarks share (not a benchmark itself: ``nox -s bench`` and the docs skip ``_*.py``).
 
-Each benchmark starts ``world_size`` gloo ranks on loopback (``run_ranks``); every rank times its
-cases in interleaved rounds after one warm-up round (``time_cases``), and rank 0's timings come
-back to be printed as one table of medians and ratios to a baseline (``print_table``).
+Each benchmark gives ``run_ranks`` a function building its cases for a rank; ``run_ranks`` starts
+``world_size`` gloo ranks on loopback, every rank times its cases in interleaved rounds after one
+warm-up round (``time_cases``), and rank 0's timings come back to be printed as one table of
+medians and ratios to a baseline (``print_table``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch.multiprocessing as mp
 from torch import distributed as dist
 
 Timings = dict[str, list[tuple[float, float]]]  # case -> (wall s, CPU s) per timed round
+Cases = dict[str, Callable[[], tuple[float, float]]]  # case -> a function timing one run of it
+CaseBuilder = Callable[[int, int], Cases]  # (rank, steps) -> the cases that rank times
 
 
 def free_port() -> int:
@@ -35,7 +38,7 @@ def join_group(rank: int, port: int, world_size: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
 
 
-def time_cases(cases: dict[str, Callable[[], tuple[float, float]]], repeats: int) -> Timings:
+def time_cases(cases: Cases, repeats: int) -> Timings:
     """Run every case once per round, ``repeats`` timed rounds after a warm-up one (imports, allocator, caches)."""
     timings: Timings = {name: [] for name in cases}
     for repeat in range(repeats + 1):
@@ -46,12 +49,28 @@ def time_cases(cases: dict[str, Callable[[], tuple[float, float]]], repeats: int
     return timings
 
 
-def run_ranks(worker: Callable[..., None], world_size: int, *args: Any) -> Timings:
-    """Spawn ``worker(rank, port, *args, results)`` on every rank; return what rank 0 put in ``results``."""
+def _rank(
+    rank: int, port: int, world_size: int, build_cases: CaseBuilder, steps: int, repeats: int, results: Any
+) -> None:
+    join_group(rank, port, world_size)
+    timings = time_cases(build_cases(rank, steps), repeats)
+    if rank == 0:
+        results.put(timings)
+    dist.destroy_process_group()
+
+
+def run_ranks(build_cases: CaseBuilder, world_size: int, steps: int, repeats: int) -> Timings:
+    """Time ``build_cases(rank, steps)`` on every rank of a fresh gloo group; return rank 0's timings.
+
+    ``build_cases`` must be a module-level function of the benchmark (spawned ranks import it).
+    """
     context = mp.get_context("spawn")
     results = context.Queue()
     port = free_port()
-    processes = [context.Process(target=worker, args=(rank, port, *args, results)) for rank in range(world_size)]
+    processes = [
+        context.Process(target=_rank, args=(rank, port, world_size, build_cases, steps, repeats, results))
+        for rank in range(world_size)
+    ]
     for process in processes:
         process.start()
     timings = results.get()

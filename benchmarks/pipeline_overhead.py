@@ -34,8 +34,7 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.multiprocessing as mp
-from _paired_ranks import join_group, print_table, run_ranks, time_cases  # next to this script
+from _paired_ranks import print_table, run_ranks  # next to this script
 from torch import distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage
@@ -150,17 +149,13 @@ def runner_loop(dataset: TensorDataset, steps: int) -> tuple[float, float]:
     return wall, cpu
 
 
-def worker(rank: int, port: int, steps: int, repeats: int, results: mp.Queue) -> None:
-    join_group(rank, port, WORLD_SIZE)
+def cases(rank: int, steps: int) -> dict[str, Callable[[], tuple[float, float]]]:
+    """What each rank times: the hand-written loop and the runner on the same data."""
     dataset = make_data()
-    cases: dict[str, Callable[[], tuple[float, float]]] = {
+    return {
         "pipelining loop": lambda: raw_loop(dataset, steps, rank),
         "runner": lambda: runner_loop(dataset, steps),
     }
-    timings = time_cases(cases, repeats)
-    if rank == 0:
-        results.put(timings)
-    dist.destroy_process_group()
 
 
 def main() -> None:
@@ -168,7 +163,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=32)
     args = parser.parse_args()
-    timings = run_ranks(worker, WORLD_SIZE, args.steps, args.repeats)
+    timings = run_ranks(cases, WORLD_SIZE, args.steps, args.repeats)
     print(
         f"1F1B pipeline training: {WORLD_SIZE} stages on {WORLD_SIZE} processes (gloo), {args.steps} steps, "
         f"batch {BATCH} in {MICROBATCHES} micro-batches, Transformer width 128 x 4 blocks, AdamW, "
