@@ -350,20 +350,18 @@ class AverageMeters(DefaultDict):
 
     Examples:
         >>> meters = AverageMeters()
-        >>> meters.update({"loss": 0.6, "auroc": 0.7, "r2": 0.8})
-        >>> f"{meters:.4f}"
-        'loss: 0.6000 (0.6000)\tauroc: 0.7000 (0.7000)\tr2: 0.8000 (0.8000)'
-        >>> meters['loss'].update(value=0.9, n=1)
-        >>> f"{meters:.4f}"
-        'loss: 0.9000 (0.7500)\tauroc: 0.7000 (0.7000)\tr2: 0.8000 (0.8000)'
-        >>> meters.sum.dict()
-        {'loss': 1.5, 'auroc': 0.7, 'r2': 0.8}
-        >>> meters.count.dict()
-        {'loss': 2, 'auroc': 1, 'r2': 1}
+        >>> meters.update({"loss": 0.5, "acc": 0.75, "f1": 0.25})  # one update feeds a meter per key
+        >>> f"{meters:.2f}"
+        'loss: 0.50 (0.50)\tacc: 0.75 (0.75)\tf1: 0.25 (0.25)'
+        >>> meters.loss.update(1.5, n=3)  # latest value, and in brackets the average over every item so far
+        >>> f"{meters:.2f}"
+        'loss: 1.50 (1.25)\tacc: 0.75 (0.75)\tf1: 0.25 (0.25)'
+        >>> meters.sum.dict(), meters.count.dict()
+        ({'loss': 5.0, 'acc': 0.75, 'f1': 0.25}, {'loss': 4, 'acc': 1, 'f1': 1})
         >>> meters.reset()
         AverageMeters(...)
-        >>> f"{meters:.4f}"
-        'loss: nan (nan)\tauroc: nan (nan)\tr2: nan (nan)'
+        >>> f"{meters:.2f}"
+        'loss: nan (nan)\tacc: nan (nan)\tf1: nan (nan)'
 
         Attribute access creates meters on demand:
 

@@ -168,34 +168,28 @@ def all_(func, args, kwargs) -> Tensor:
     r"""
     Whether every real value is true.
 
+    Padding never counts.  Reducing the batch dimension gives one answer per element; a result
+    whose elements all have the same shape comes back dense, a ragged one as a NestedTensor.
+
     Examples:
-        >>> nested_tensor = NestedTensor([torch.ones(2, 4, dtype=torch.bool), torch.ones(3, 5, dtype=torch.bool)])
-        >>> nested_tensor.all()
-        tensor(True)
-        >>> nested_tensor.all(dim=0)
-        tensor([True, True])
-        >>> nested_tensor.all(dim=0, keepdim=True)
-        tensor([[True, True]])
-        >>> nested_tensor.all(dim=1)
+        >>> masks = NestedTensor([torch.tensor([[True, False, True], [True, True, True]]), torch.ones(1, 3, dtype=torch.bool)])
+        >>> masks.all()
+        tensor(False)
+        >>> masks.all(dim=0)
+        tensor([False,  True])
+        >>> masks.all(dim=0, keepdim=True)
+        tensor([[False,  True]])
+        >>> masks.all(dim=1)  # over each element's rows: three columns each, so dense
+        tensor([[ True, False,  True],
+                [ True,  True,  True]])
+        >>> masks.all(dim=2)  # over each row: two rows, then one
         NestedTensor([
-            [True, True, True, True],
-            [True, True, True, True, True]
+            [False,  True],
+            [True]
         ])
-        >>> nested_tensor.all(dim=1, keepdim=True)
-        NestedTensor([
-            [[True, True, True, True]],
-            [[True, True, True, True, True]]
-        ])
-        >>> nested_tensor.batch_first = False
-        >>> nested_tensor.all(dim=1)
-        tensor([True, True])
-        >>> nested_tensor.all(dim=0)
-        NestedTensor([
-            [True, True, True, True],
-            [True, True, True, True, True]
-        ])
-        >>> nested_tensor.all(dim=-2)
-        tensor([True, True])
+        >>> masks.batch_first = False  # the batch dimension is now 1
+        >>> masks.all(dim=1)
+        tensor([False,  True])
     """
     return _call("all", args, kwargs, dtype_argument=False)
 
