@@ -53,50 +53,43 @@ class NestedTensor(torch.Tensor):
         ValueError: If a lone argument is not iterable, or elements differ in device or rank.
 
     Examples:
-        Basic usage:
-        >>> nested_tensor = NestedTensor(torch.tensor([1, 2, 3]), torch.tensor([4, 5]))
-        >>> nested_tensor.shape
+        Two sequences of different lengths, and the three views of them:
+
+        >>> batch = NestedTensor(torch.tensor([7, 8]), torch.tensor([9, 10, 11]))
+        >>> batch.shape  # (batch, longest)
         torch.Size([2, 3])
-        >>> nested_tensor.tensor  # Padded representation
-        tensor([[1, 2, 3],
-                [4, 5, 0]])
-        >>> nested_tensor.mask  # Mask showing real vs padding values
-        tensor([[ True,  True,  True],
-                [ True,  True, False]])
-        >>> nested_tensor.concat  # Concatenated version (no padding)
-        tensor([1, 2, 3, 4, 5])
+        >>> batch.tensor  # padded with padding_value (0)
+        tensor([[ 7,  8,  0],
+                [ 9, 10, 11]])
+        >>> batch.mask  # True where a value is real
+        tensor([[ True,  True, False],
+                [ True,  True,  True]])
+        >>> batch.concat  # the real values back to back, as they are stored
+        tensor([ 7,  8,  9, 10, 11])
 
-        Indexing:
-        >>> nested_tensor[0]  # First tensor (no padding)
-        tensor([1, 2, 3])
-        >>> nested_tensor[:2]  # Returns a NestedTensor slice
+        An integer picks one element (unpadded); slices give NestedTensors:
+
+        >>> batch[1]
+        tensor([ 9, 10, 11])
+        >>> batch[:, 1:]  # every element without its first value
         NestedTensor([
-            [1, 2, 3],
-            [4, 5]
-        ])
-        >>> nested_tensor[:, 1:]  # Slice operations return a new NestedTensor
-        NestedTensor([
-            [2, 3],
-            [5]
+            [8],
+            [10, 11]
         ])
 
-        Type conversion:
-        >>> nested_tensor.to(torch.float).tensor
-        tensor([[1., 2., 3.],
-                [4., 5., 0.]])
-        >>> nested_tensor.half().tensor
-        tensor([[1., 2., 3.],
-                [4., 5., 0.]], dtype=torch.float16)
+        Conversions keep the ragged structure:
 
-        Conversion to Python types:
-        >>> nested_tensor.tolist()
-        [[1, 2, 3], [4, 5]]
-
-        Creating from Python lists:
-        >>> NestedTensor(*[[1, 2, 3], [4, 5]])
+        >>> batch.to(torch.float).tensor
+        tensor([[ 7.,  8.,  0.],
+                [ 9., 10., 11.]])
+        >>> batch.half().concat.dtype
+        torch.float16
+        >>> batch.tolist()
+        [[7, 8], [9, 10, 11]]
+        >>> NestedTensor([0.5], [1.5, 2.5])  # Python lists work as elements too
         NestedTensor([
-            [1, 2, 3],
-            [4, 5]
+            [0.5000],
+            [1.5000, 2.5000]
         ])
     """
 

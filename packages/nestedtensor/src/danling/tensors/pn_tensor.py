@@ -28,37 +28,23 @@ class PNTensor(Tensor):
     keep the dtype of ``data``.
 
     Examples:
-        Basic usage with PyTorch DataLoader:
-        >>> from torch.utils.data import Dataset, DataLoader
-        >>> from danling.tensors import PNTensor
-        >>> class VariableLengthDataset(Dataset):
-        ...     def __init__(self, data):
-        ...         self.data = data
-        ...     def __len__(self):
-        ...         return len(self.data)
-        ...     def __getitem__(self, idx):
-        ...         return PNTensor(self.data[idx])
-        >>> # Create a dataset with variable-length sequences
-        >>> dataset = VariableLengthDataset([[1, 2, 3], [4, 5], [6, 7, 8, 9]])
-        >>> dataloader = DataLoader(dataset, batch_size=3)
-        >>> # The DataLoader produces NestedTensor batches by default for PNTensor
-        >>> batch = next(iter(dataloader))
-        >>> batch
+        A dataset returns one PNTensor per sample; the DataLoader's default collation then packs
+        samples of different lengths into a NestedTensor instead of failing to stack them:
+
+        >>> from torch.utils.data import DataLoader
+        >>> samples = [PNTensor([0.5, 1.5]), PNTensor([2.5]), PNTensor([3.5, 4.5, 5.5])]
+        >>> next(iter(DataLoader(samples, batch_size=3)))
         NestedTensor([
-            [1., 2., 3.],
-            [4., 5.],
-            [6., 7., 8., 9.]
+            [0.5000, 1.5000],
+            [2.5000],
+            [3.5000, 4.5000, 5.5000]
         ])
 
-        Using PNTensor directly:
+        On its own it is a tensor whose views match a NestedTensor's:
 
-        >>> tensor = PNTensor([1, 2, 3])
-        >>> tensor
-        PNTensor([1., 2., 3.])
-        >>> tensor.tensor
-        PNTensor([1., 2., 3.])
-        >>> tensor.mask
-        PNTensor([True, True, True])
+        >>> sample = PNTensor([1, 2])
+        >>> sample, sample.mask
+        (PNTensor([1., 2.]), PNTensor([True, True]))
     """
 
     @property
