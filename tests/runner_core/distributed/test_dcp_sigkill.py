@@ -133,7 +133,7 @@ def test_latest_survives_sigkill_at_20_moments_and_the_run_ends_as_if_never_stop
         ranks = _start(forkserver, root, launch, pause=0.02)
         deadline = time.monotonic() + 180
         while _progress(root) <= loaded_steps[-1] and time.monotonic() < deadline:
-            assert all(process.is_alive() or process.exitcode is None for process in ranks), "a rank died on its own"
+            assert all(process.exitcode is None for process in ranks), "a rank ended on its own"
             time.sleep(0.01)
         assert _progress(root) > loaded_steps[-1], f"launch {launch} made no progress from step {loaded_steps[-1]}"
         time.sleep(rng.uniform(0.0, 0.25))
@@ -149,8 +149,7 @@ def test_latest_survives_sigkill_at_20_moments_and_the_run_ends_as_if_never_stop
         assert step >= loaded_steps[-1], f"latest went back from step {loaded_steps[-1]} to {step}"
         assert set(state["model"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
         loaded_steps.append(step)
-        os.remove(os.path.join(root, "progress"))  # the next launch reports afresh
-        with open(os.path.join(root, "progress"), "w") as file:
+        with open(os.path.join(root, "progress"), "w") as file:  # the next launch must get past the saved step
             file.write(str(step))
     assert loaded_steps[-1] > loaded_steps[1], f"no progress across the kills: {loaded_steps}"
 
