@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -31,6 +31,9 @@ from danling.optim import BuiltScheduler
 
 from .config import PRECISIONS
 from .distributed import all_reduce_sum, any_rank, start_all_reduce_sum
+
+if TYPE_CHECKING:
+    from .ddp_comm import WindowTotalHook
 
 #: Batch keys (and keys of a mapping target) that state the loss normalizer explicitly.
 NORMALIZER_KEYS = ("loss_normalizer", "num_valid_tokens", "valid_tokens", "num_tokens", "token_count")
@@ -175,7 +178,9 @@ class GradientWindow:
     mean loss over every item of every micro-batch on every rank, however the items were split.
     On several ranks ``total`` is summed over them; ``start_sum`` starts that sum before the
     micro-batch's backward, so it travels while the gradients are computed and the step only
-    collects it.
+    collects it.  Under DDP it travels inside the gradient all-reduce instead (a
+    ``ddp_comm.WindowTotalHook``); when the window's last backward did not carry it there, the
+    step sums it with a separate all-reduce.
 
     Examples:
         >>> window = GradientWindow()
@@ -190,7 +195,7 @@ class GradientWindow:
     weighted: bool | None = None
     total: float = 0.0
     pending: int | None = None
-    summed: Callable[[], float] | None = None
+    summed: Callable[[], float | None] | None = None
 
     def loss_scale(self) -> float:
         """The factor for the next micro-batch's loss (consumes ``pending``)."""
@@ -208,16 +213,22 @@ class GradientWindow:
         self.total += normalizer
         return float(normalizer)
 
-    def start_sum(self) -> None:
-        """Start summing ``total`` over the ranks (each micro-batch restarts it; the step reads the last)."""
-        self.summed = start_all_reduce_sum(self.total)
+    def start_sum(self, hook: WindowTotalHook | None = None) -> None:
+        """
+        Start summing ``total`` over the ranks (each micro-batch restarts it; the step reads the last):
+        inside DDP's gradient all-reduce when ``hook`` can carry it, else with an all-reduce of its own.
+        """
+        carried = hook.carry(self.total) if hook is not None else None
+        self.summed = carried if carried is not None else start_all_reduce_sum(self.total)
 
     def gradient_scale(self, world_size: int) -> float | None:
         """The factor for the window's summed gradients; sums ``total`` over ranks when distributed."""
         if world_size == 1:
             total = self.total
         else:
-            total = self.summed() if self.summed is not None else all_reduce_sum(self.total)
+            total = self.summed() if self.summed is not None else None
+            if total is None:  # not started, or the DDP hook did not carry this window's total
+                total = all_reduce_sum(self.total)
         return world_size / total if total > 0 else None
 
     def reset(self) -> None:
@@ -249,6 +260,8 @@ class OptimizerContainer:
             gradients at the step (see ``GradientWindow``).  With one micro-batch per step on one
             process the factors cancel, so the runner turns this off and saves the work.
         world_size: Ranks whose gradients DDP averages.
+        window_total_hook: The DDP communication hook that sums the window total over the ranks
+            with the gradients (``ddp_comm.WindowTotalHook``); ``None`` sums it separately.
 
     Examples:
         >>> model = torch.nn.Linear(1, 1, bias=False); _ = torch.nn.init.ones_(model.weight)
@@ -269,6 +282,7 @@ class OptimizerContainer:
         skip_nonfinite_grad: bool = False,
         normalize: bool = True,
         world_size: int = 1,
+        window_total_hook: WindowTotalHook | None = None,
     ) -> None:
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -278,6 +292,7 @@ class OptimizerContainer:
         self.skip_nonfinite_grad = skip_nonfinite_grad
         self.normalize = normalize
         self.world_size = world_size
+        self.window_total_hook = window_total_hook
         self.parameters = _unique_parameters(optimizer)
         self.window = GradientWindow()
 
@@ -288,7 +303,7 @@ class OptimizerContainer:
             if scale != 1.0:
                 loss = loss * scale
             if self.world_size > 1:
-                self.window.start_sum()  # overlaps the backward below
+                self.window.start_sum(self.window_total_hook)  # overlaps (or rides) the backward below
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
         loss.backward()

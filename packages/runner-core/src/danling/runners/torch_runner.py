@@ -40,6 +40,7 @@ from .base_runner import BaseRunner
 from .checkpoints import fresh_entries
 from .config import RunnerConfig
 from .dataloaders import build_dataloader, build_sampler, loader_kwargs
+from .ddp_comm import WindowTotalHook
 from .distributed import (
     PROCESS_GROUP_OWNED,
     average_gradients,
@@ -105,6 +106,8 @@ class TorchRunner(RunnerServices, BaseRunner):
     owns_process_group: bool = False
     #: TorchFT replica groups (``config.ft``); always set by ``init_distributed``, disabled unless enabled.
     ft: FaultTolerance | None = None
+    #: Sums the loss-normalizer total inside DDP's gradient all-reduce (set with DDP, never under TorchFT).
+    window_total_hook: WindowTotalHook | None = None
     unsupported_settings = tuple(key for key in BaseRunner.unsupported_settings if key not in FT_SETTINGS)
 
     def __init__(self, config: RunnerConfig | Mapping[str, Any]) -> None:
@@ -245,6 +248,8 @@ class TorchRunner(RunnerServices, BaseRunner):
         # inside the replica group; the optimizer container averages over the groups at the step.
         if self.distributed and is_initialized():
             model = apply_ddp(model, self.device)
+            # TorchFT averages the window total over the groups at the step: it keeps the separate sum
+            self.window_total_hook = None if self.ft.enabled else WindowTotalHook(model)
         self.model = model
         if isinstance(self.ema, nn.Module):
             self.ema = self.ema.to(self.device)
@@ -306,6 +311,7 @@ class TorchRunner(RunnerServices, BaseRunner):
             skip_nonfinite_grad=self.skip_nonfinite_grad,
             normalize=self.accum_steps > 1 or self.world_size > 1,
             world_size=self.world_size,
+            window_total_hook=self.window_total_hook,
         )
 
     # one training step
