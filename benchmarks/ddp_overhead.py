@@ -17,10 +17,13 @@ CPU thread per process, two processes joined by gloo on loopback.
   final save is written while the runner closes, which is not timed).
 - ``runner (no lines)``: the quiet runner with ``log_interval=0`` (no progress lines).  Each
   progress line (about 100 per run) averages the meters over the ranks, one small all-reduce;
-  the difference to ``runner (quiet)`` is what those lines cost.  A cost no setting removes: on
-  several ranks the runner weighs each micro-batch by the number of targets its loss averages
-  and sums those counts over the ranks at every optimizer step (one scalar all-reduce per step),
-  so that ranks with uneven batches still give every sample the same weight.
+  the difference to ``runner (quiet)`` is what those lines cost.  On several ranks the runner
+  weighs each micro-batch by the number of targets its loss averages and sums those counts over
+  the ranks, so that ranks with uneven batches still give every sample the same weight; the sum
+  travels inside DDP's gradient all-reduce (``danling.runners.ddp_comm.WindowTotalHook``, appended
+  to the last bucket), so no collective of its own runs per step.  It falls back to a separate
+  scalar all-reduce per step only where the hook stands aside (a user's communication hook, bf16
+  or fp16 parameters, TorchFT).
 
 The variants are interleaved ``--repeats`` times after one warm-up round, both ranks starting
 each together (a barrier); rank 0 prints the median wall time of the training (building the
@@ -157,6 +160,7 @@ def runner_loop(dataset: TensorDataset, steps: int, *, quiet: bool, lines: bool 
         begun, cpu = time.perf_counter(), time.process_time()
         runner.train()
         wall, cpu = time.perf_counter() - begun, time.process_time() - cpu
+        assert runner.window_total_hook.registered  # the loss-normalizer total rode the gradient all-reduce
         runner.close()
         assert runner.train_state.global_step == steps
     return built - start, wall, cpu
