@@ -22,8 +22,10 @@ from danling.runners.checkpoints import (
     resolve_checkpoint_path,
 )
 from danling.runners.checkpoints.file import MODEL_EXPORT
+from danling.runners.checkpoints.serializer import SerializerProcess
 from danling.runners.config import RunnerConfig
 from danling.runners.state import RunnerState
+from danling.utils.atomic import process_alive
 
 SYNC = {"async_mode": "disabled"}
 
@@ -366,7 +368,8 @@ _CRASHING_SAVER = textwrap.dedent(
     from danling.runners.checkpoints import FileCheckpointManager
 
     marker, directory, mode = sys.argv[1:4]
-    manager = FileCheckpointManager(directory, {"async_mode": mode}, interval=1)
+    # the stall is in this process's writes: the serializer process is the other test's business
+    manager = FileCheckpointManager(directory, {"async_mode": mode, "async_writer": "thread"}, interval=1)
     manager.save({"model": {"weight": torch.zeros(8)}, "version": 1}, progress=1)
     manager.wait()
 
@@ -422,6 +425,66 @@ def test_killed_mid_save_leaves_latest_loadable(tmp_path, mode, signum):
     assert payload["version"] == 1 and torch.equal(payload["model"]["weight"], torch.zeros(8))
     FileCheckpointManager(directory, SYNC)  # a restarted run cleans up the dead process's temporary file
     assert sorted(os.listdir(directory)) == ["ckpt-e000001.pth", "latest.pth"]
+
+
+_KILLED_WHILE_THE_CHILD_WRITES = textwrap.dedent(
+    """
+    import os, sys, time, torch
+    from danling.runners.checkpoints import FileCheckpointManager
+    from danling.runners.checkpoints.serializer import SerializerProcess
+
+    marker, directory = sys.argv[1:3]
+    manager = FileCheckpointManager(directory, {"async_mode": "async", "async_writer": "process"}, interval=1)
+    manager.save({"model": {"weight": torch.zeros(8)}, "version": 1}, progress=1)
+    manager.wait()
+    child = SerializerProcess.shared()._process.pid
+    written = SerializerProcess.save
+
+    def stall(self, payload, path, buffers):
+        written(self, payload, path, buffers)  # the child has written the temporary file
+        with open(marker, "w") as file:
+            file.write(str(child))
+        time.sleep(120)
+
+    SerializerProcess.save = stall
+    manager.save({"model": {"weight": torch.ones(2_000_000)}, "version": 2}, progress=2)
+    manager.wait()
+    """
+)
+
+
+def _staging_files_of(pid: int) -> list[str]:
+    return [name for name in os.listdir("/dev/shm") if name.startswith(f"danling-stage-{pid}-")]
+
+
+@pytest.mark.skipif(not SerializerProcess.supported(), reason="no shared-memory file system (/dev/shm)")
+def test_killed_while_the_serializer_process_writes(tmp_path):
+    directory, marker = tmp_path / "checkpoints", tmp_path / "stalled"
+    process = subprocess.Popen([sys.executable, "-c", _KILLED_WHILE_THE_CHILD_WRITES, str(marker), str(directory)])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() or not marker.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, "the saving process never stalled"
+            time.sleep(0.05)
+        child = int(marker.read_text())
+        assert _staging_files_of(process.pid)  # the staged copy lives in shared memory
+        process.kill()
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+    deadline = time.monotonic() + 30  # the serializer reads end-of-file and exits: no orphan left behind
+    while process_alive(child):
+        assert time.monotonic() < deadline, f"serializer process {child} outlived the training process"
+        time.sleep(0.05)
+    leftovers = [name for name in os.listdir(directory) if ".tmp-" in name]
+    assert len(leftovers) == 1 and os.path.getsize(directory / leftovers[0]) > 8_000_000  # written, never renamed
+    payload = load_checkpoint("latest", directory)
+    assert payload["version"] == 1 and torch.equal(payload["model"]["weight"], torch.zeros(8))
+    restarted = FileCheckpointManager(directory, {"async_writer": "process"})  # cleans up what the dead run left
+    assert sorted(os.listdir(directory)) == ["ckpt-e000001.pth", "latest.pth"]
+    assert _staging_files_of(process.pid) == []
+    restarted.close()
 
 
 _KILLED_BEFORE_THE_FLIP = textwrap.dedent(

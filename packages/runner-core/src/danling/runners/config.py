@@ -87,6 +87,7 @@ NON_SEMANTIC_CHECKPOINT_KEYS = frozenset(
         "load_only",
         "async_enabled",
         "async_mode",
+        "async_writer",
         "dedicated_async_process_group",
         "async_process_group_backend",
         "enable_ft_dataloader_checkpoints",

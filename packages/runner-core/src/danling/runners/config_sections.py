@@ -36,6 +36,8 @@ _ASYNC_MODE_ALIASES = {
     "off": "disabled",
     "disable": "disabled",
 }
+#: ``checkpoint.async_writer`` values: what writes an asynchronous file checkpoint.
+ASYNC_WRITERS = ("auto", "process", "thread")
 #: ``checkpoint.export_dtype`` spellings -> ``torch`` dtype attribute name.
 EXPORT_DTYPES = {
     "float32": "float32",
@@ -127,6 +129,10 @@ class CheckpointConfig(Section):
         async_enabled: Write checkpoints on a background thread (used when ``async_mode`` is unset).
         async_mode: ``"async"``, ``"async_with_pinned_mem"`` or ``"disabled"``; overrides
             ``async_enabled`` when set.
+        async_writer: What writes asynchronous ``file`` checkpoints: ``"process"`` (tensors
+            staged in shared memory, ``torch.save`` in a child process, so pickling never holds
+            the training process's GIL), ``"thread"`` (a thread of the training process) or
+            ``"auto"`` (``process`` where the platform has ``/dev/shm``, else ``thread``).
         dedicated_async_process_group: Give asynchronous DCP saves their own process group so
             checkpoint traffic does not queue behind training collectives.
         async_process_group_backend: Backend of that process group.
@@ -160,6 +166,7 @@ class CheckpointConfig(Section):
     load_only: bool = False
     async_enabled: bool = True
     async_mode: str | None = None
+    async_writer: str = "auto"
     dedicated_async_process_group: bool = True
     async_process_group_backend: str = "gloo"
     enable_ft_dataloader_checkpoints: bool = False
@@ -175,6 +182,7 @@ class CheckpointConfig(Section):
         super().validate()
         _check_backend_name(self.get("backend", "auto"))
         resolve_async_mode(self.get("async_mode"), self.get("async_enabled", True))
+        _choice(self.get("async_writer", "auto"), ASYNC_WRITERS, "checkpoint.async_writer")
         _check_int(self.get("keep_latest_k", 0), "checkpoint.keep_latest_k", minimum=0, optional=False)
         _check_int(self.get("interval"), "checkpoint.interval")
         _check_positive(self.get("wait_timeout"), "checkpoint.wait_timeout")

@@ -13,6 +13,9 @@ aliases (relative symbolic links) with an atomic rename: a crash, ``SIGKILL`` or
 mid-save leaves ``latest.pth`` naming the previous, complete checkpoint.  ``torch.load`` of an
 alias works as of any file.  Where symbolic links cannot be made, aliases are hard links.
 
+Asynchronous saves stage tensors in shared memory and leave ``torch.save`` to a child process
+(``serializer``; ``checkpoint.async_writer``), so the training process only copies tensors.
+
 ``load_checkpoint`` and ``resolve_checkpoint_path`` also work without a manager (``Runner.
 from_checkpoint`` needs them before a run exists).
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +38,9 @@ from ..utils import is_main_process
 from .base import CheckpointManager, CheckpointNotFoundError, SaveRequest
 from .export import averaged_model_weights, load_model_state, save_model_state
 from .layout import HISTORY, SUFFIX, CheckpointLayout
+from .serializer import SerializerLost, SerializerProcess
+from .shared_buffers import SharedBuffers
+from .staging import StagingPool
 
 MODEL_EXPORT = "model.safetensors"
 #: The weights of the runner's exponential moving average (``config.ema``), exported beside the model.
@@ -172,6 +179,11 @@ class FileCheckpointManager(CheckpointManager):
             self.async_mode = "async"  # the snapshot in ``save`` is already a host copy
         os.makedirs(self.directory, exist_ok=True)
         self.layout = CheckpointLayout(self.directory, fsync=self.config.fsync)
+        self._serializer: SerializerProcess | None = None
+        if self._writer is not None and self._uses_serializer_process():
+            self._buffers = SharedBuffers()
+            self._staging = StagingPool(allocate=self._buffers.empty)
+            self._serializer = SerializerProcess.shared()
         if is_main_process():  # the process that writes; others may sit on hosts where its pid means nothing
             remove_stale_temporaries(self.directory)
             self.layout.remove_orphans()
@@ -187,10 +199,16 @@ class FileCheckpointManager(CheckpointManager):
         """Alias of checkpoint ``name`` (``"latest"`` -> ``{directory}/latest.pth``)."""
         return os.path.join(self.directory, name if name.endswith(SUFFIX) else name + SUFFIX)
 
+    def _uses_serializer_process(self) -> bool:
+        writer = str(self.config.async_writer).strip().lower()
+        # other ranks never write file checkpoints
+        return writer != "thread" and SerializerProcess.supported() and is_main_process()
+
     def _persist(self, request: SaveRequest) -> None:
         data = self.layout.data_name(request.name, self.progress_tag(request.progress), request.history)
-        with self.layout.write(data) as file:
-            torch.save(request.payload, file)
+        if not self._write_in_child(request.payload, data):
+            with self.layout.write(data) as file:
+                torch.save(request.payload, file)
         # Files that may have lost their last reference; the new file is one if its alias fails.
         superseded = [data, *(self._remember_history(data) if request.history is not None else ())]
         aliases = []
@@ -210,6 +228,19 @@ class FileCheckpointManager(CheckpointManager):
                 self.export_model(averaged, EMA_EXPORT)
                 aliases.append(EMA_EXPORT)
         self.record_success(data, tuple(aliases))
+
+    def _write_in_child(self, payload: Mapping[str, Any], data: str) -> bool:
+        """Write data file ``data`` with the serializer process; ``False`` if there is none (any more)."""
+        if self._serializer is None:
+            return False
+        try:
+            with self.layout.write_path(data) as temporary:
+                self._serializer.save(payload, temporary, self._buffers)
+            return True
+        except SerializerLost as lost:
+            warnings.warn(f"{lost}; writing checkpoints on a thread from now on", RuntimeWarning, stacklevel=2)
+            self._serializer = None
+            return False
 
     def _point_best(self, data: str, superseded: list[str | None]) -> bool:
         try:

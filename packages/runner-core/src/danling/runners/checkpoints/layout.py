@@ -44,7 +44,7 @@ from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import BinaryIO
 
-from ...utils.atomic import atomic_link, atomic_write, process_alive
+from ...utils.atomic import atomic_link, atomic_path, atomic_write, process_alive
 
 SUFFIX = ".pth"
 #: History entries: ``ckpt-e000003.pth`` (epochs) or ``ckpt-s000000001000.pth`` (steps).
@@ -120,6 +120,13 @@ class CheckpointLayout:
         """Yield a file to write data file ``data`` to; it appears under its name, complete, when the block ends."""
         with atomic_write(self.path(data), fsync=self.fsync) as file:
             yield file
+        self.sync()
+
+    @contextmanager
+    def write_path(self, data: str) -> Iterator[str]:
+        """Like ``write``, for writers that need a file name (another process): yield a temporary path."""
+        with atomic_path(self.path(data), fsync=self.fsync) as temporary:
+            yield temporary
         self.sync()
 
     def point(self, alias: str, data: str) -> str | None:

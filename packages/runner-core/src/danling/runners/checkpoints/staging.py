@@ -28,6 +28,9 @@ class StagingPool:
     r"""
     Reusable host tensors for snapshots, keyed by shape and dtype.
 
+    New buffers come from ``allocate(shape, dtype)`` when given (shared memory, say; ``None``
+    from it falls back to private memory), else from ``torch.empty``.
+
     ``snapshot(tree, pool, staged)`` claims every free buffer, copies into those that fit, and
     lists the buffers it used in ``staged``; ``release(staged)`` hands them back once that
     snapshot is written.  Only the buffers of the last released snapshot are kept, so the pool
@@ -43,7 +46,8 @@ class StagingPool:
         (True, tensor([0., 0., 0.]))
     """
 
-    def __init__(self) -> None:
+    def __init__(self, allocate: Callable[[torch.Size, torch.dtype], torch.Tensor | None] | None = None) -> None:
+        self.allocate = allocate
         self._free: dict[tuple, list[torch.Tensor]] = {}
         self._lock = threading.Lock()
 
@@ -147,6 +151,7 @@ class _Snapshot:
 
     def __init__(self, pool: StagingPool | None, staged: list[torch.Tensor] | None) -> None:
         self.free = pool.claim() if pool is not None else None
+        self.allocate = pool.allocate if pool is not None else None
         self.staged = staged if staged is not None else []
         self.copies: dict[int, torch.Tensor] = {}
         self.sources: list[torch.Tensor] = []  # queued host copies: sources ...
@@ -183,7 +188,7 @@ class _Snapshot:
         if self.free is not None and _stageable(tensor):
             shape, dtype = tensor.shape, tensor.dtype
             buffers = self.free.get((shape, dtype))
-            copied = buffers.pop() if buffers else torch.empty(shape, dtype=dtype)
+            copied = buffers.pop() if buffers else self.new_buffer(shape, dtype)
             if tensor.is_cpu:
                 self.sources.append(tensor)
                 self.targets.append(copied)
@@ -194,6 +199,10 @@ class _Snapshot:
             copied = tensor.detach().to("cpu", copy=True)
         self.copies[id(tensor)] = copied
         return copied
+
+    def new_buffer(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        buffer = self.allocate(shape, dtype) if self.allocate is not None else None
+        return buffer if buffer is not None else torch.empty(shape, dtype=dtype)
 
     def mapping(self, tree: Mapping) -> dict:
         copied = type(tree)() if isinstance(tree, OrderedDict) else {}
