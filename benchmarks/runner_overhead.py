@@ -19,6 +19,11 @@ multiple of 128).
 - ``runner (default, 1 save)``: the default config with ``checkpoint.interval=10**9`` (no
   periodic saves, only the final one): the difference to ``runner (default)`` is what the
   periodic saves cost, the difference to ``runner (quiet)`` what logging and one save cost.
+- ``runner (default, thread writer)``: the default config with ``checkpoint.async_writer="thread"``:
+  asynchronous saves pickled and written by a thread of the training process, as before the
+  serializer process (the default where ``/dev/shm`` exists) took that work out of the process.
+  A thread's ``torch.save`` holds the GIL for most of a small checkpoint's write, and the
+  training loop's tensor operations wait for it.
 - ``lightning`` (step mode, when ``lightning`` is installed): a ``LightningModule`` and
   ``Trainer(max_steps=..., logger=False, enable_checkpointing=False, enable_progress_bar=False,
   enable_model_summary=False)`` on the CPU, fed the same ``DataLoader`` as ``raw``; timed from its
@@ -39,8 +44,8 @@ a synchronous ``save_checkpoint`` with the default config against what a user's 
 plain ``torch.save(runner.state_dict(), path)`` overwriting one path each time (no ``fsync``);
 the same save with ``checkpoint.fsync=True`` (durable against power loss) against that baseline
 and against ``torch.save`` followed by ``fsync``; and the time an asynchronous ``save_checkpoint``
-takes to return (it copies tensors to host memory, then writes on a background thread) as a
-fraction of the synchronous save.  Each save follows a training step of its runner (untimed), as
+takes to return (it copies tensors to shared host memory, then a background thread hands the
+write to the serializer process) as a fraction of the synchronous save.  Each save follows a training step of its runner (untimed), as
 saves do in a run.  The variants are interleaved; medians of ``--checkpoint-repeats``.
 """
 
@@ -125,7 +130,15 @@ class BenchmarkRunner(TorchRunner):
         self.criterion = nn.CrossEntropyLoss()
 
 
-def runner_config(root: str, steps: int, *, quiet: bool, epoch_mode: bool = False, interval: int | None = None) -> dict:
+def runner_config(
+    root: str,
+    steps: int,
+    *,
+    quiet: bool,
+    epoch_mode: bool = False,
+    interval: int | None = None,
+    writer: str | None = None,
+) -> dict:
     config = {
         "workspace_root": root,
         "optim": {"type": "adamw", "lr": 1e-3},
@@ -137,16 +150,25 @@ def runner_config(root: str, steps: int, *, quiet: bool, epoch_mode: bool = Fals
         config["steps"] = steps
     if quiet:
         config.update({"log": False, "checkpoint": {"load_only": True}})
-    elif interval is not None:
-        config["checkpoint"] = {"interval": interval}
+    else:
+        if interval is not None:
+            config.setdefault("checkpoint", {})["interval"] = interval
+        if writer is not None:
+            config.setdefault("checkpoint", {})["async_writer"] = writer
     return config
 
 
 def runner_loop(
-    dataset: TensorDataset, steps: int, *, quiet: bool, epoch_mode: bool = False, interval: int | None = None
+    dataset: TensorDataset,
+    steps: int,
+    *,
+    quiet: bool,
+    epoch_mode: bool = False,
+    interval: int | None = None,
+    writer: str | None = None,
 ) -> tuple[float, float, float]:
     """Seconds to build the runner, and wall and CPU seconds in ``runner.train()`` (stdout discarded)."""
-    config = {"quiet": quiet, "epoch_mode": epoch_mode, "interval": interval}
+    config = {"quiet": quiet, "epoch_mode": epoch_mode, "interval": interval, "writer": writer}
     with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()):
         start = time.perf_counter()
         runner = BenchmarkRunner(runner_config(root, steps, **config), dataset)
@@ -338,6 +360,7 @@ RUNNER_VARIANTS = {
     "runner (quiet)": {"quiet": True},
     "runner (default)": {"quiet": False},
     "runner (default, 1 save)": {"quiet": False, "interval": NO_PERIODIC_SAVES},
+    "runner (default, thread writer)": {"quiet": False, "writer": "thread"},
 }
 
 
@@ -378,7 +401,7 @@ def print_training(
 ) -> None:
     print(f"training: {steps} steps, batch {BATCH}, MLP 64-256-256-10, AdamW, 1 thread, {repeats} repeats")
     print(
-        f"{'mode':<6} {'variant':<24} {'median s':>9} {'ms/step':>8} {'ratio':>6} {'cpu ratio':>9} "
+        f"{'mode':<6} {'variant':<31} {'median s':>9} {'ms/step':>8} {'ratio':>6} {'cpu ratio':>9} "
         f"{'min ratio':>9} {'build s':>8}"
     )
     for key, values in timings.items():
@@ -390,7 +413,7 @@ def print_training(
         build = f"{statistics.median(builds[key]):8.3f}" if key in builds else f"{'':>8}"
         median = statistics.median(wall for wall, _ in values)
         print(
-            f"{mode:<6} {name:<24} {median:9.4f} {median / steps * 1e3:8.3f} {ratio:6.3f} {cpu_ratio:9.3f} "
+            f"{mode:<6} {name:<31} {median:9.4f} {median / steps * 1e3:8.3f} {ratio:6.3f} {cpu_ratio:9.3f} "
             f"{min_ratio:9.3f} {build}"
         )
 
