@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import distributed as dist
 
+from .distributed import all_reduce_sum
 from .step import OptimizerContainer
 
 if TYPE_CHECKING:
@@ -352,12 +353,26 @@ class FTOptimizerContainer(OptimizerContainer):
 
     def average_window_total(self) -> None:
         r"""
-        Replace this rank's window total by its average over the groups, so that every group divides
-        the averaged gradient sums by the same count (windows differ in size when one ends a pass early).
+        Replace the window total by its group's total averaged over the groups, so that every group
+        divides the averaged gradient sums by the same count (windows differ in size when one ends a
+        pass early, and groups count different numbers of valid items).
+
+        With several ranks in a group, the group's total is the sum over them that ``backward``
+        started (``GradientWindow.start_sum``), and the averaged total replaces that sum too: the
+        step's factor is then ``world_size`` over the items of every rank of every group divided by
+        the number of groups, not over the items of this group alone.
         """
-        total = torch.tensor([self.window.total], dtype=torch.float64)
-        self.manager.allreduce(total).wait()
-        self.window.total = float(total.item())
+        window = self.window
+        if self.world_size == 1:
+            total = window.total
+        else:
+            total = window.summed() if window.summed is not None else None
+            if total is None:  # not started, or not carried: sum over the group's ranks now
+                total = all_reduce_sum(window.total)
+        averaged = torch.tensor([total], dtype=torch.float64)
+        self.manager.allreduce(averaged).wait()
+        window.total = float(averaged.item())
+        window.summed = lambda: window.total
 
     def average_over_groups(self) -> None:
         """Average every trainable parameter's gradient over the replica groups in the quorum, in place."""
