@@ -23,6 +23,7 @@ from danling.runners.checkpoints import (
 )
 from danling.runners.checkpoints.file import MODEL_EXPORT
 from danling.runners.checkpoints.serializer import SerializerProcess
+from danling.runners.checkpoints.shared_buffers import SharedBuffers
 from danling.runners.config import RunnerConfig
 from danling.runners.state import RunnerState
 from danling.utils.atomic import process_alive
@@ -455,6 +456,25 @@ _KILLED_WHILE_THE_CHILD_WRITES = textwrap.dedent(
 
 def _staging_files_of(pid: int) -> list[str]:
     return [name for name in os.listdir("/dev/shm") if name.startswith(f"danling-stage-{pid}-")]
+
+
+@pytest.mark.skipif(not SerializerProcess.supported(), reason="no shared-memory file system (/dev/shm)")
+@pytest.mark.parametrize("room", [True, False])
+def test_the_serializer_process_writes_what_was_staged_in_shared_memory(tmp_path, monkeypatch, room):
+    if not room:  # a full /dev/shm (a container's 64 MB): staging falls back to private memory
+        monkeypatch.setattr(SharedBuffers, "empty", lambda self, shape, dtype: None)
+    sent = []
+    send = SerializerProcess.save
+    monkeypatch.setattr(SerializerProcess, "save", lambda self, *args: sent.append(args[1]) or send(self, *args))
+    manager = FileCheckpointManager(tmp_path, {"async_writer": "process"}, interval=1)
+    weight = torch.arange(6.0)
+    manager.save({"model": {"weight": weight}, "version": 3}, progress=1)
+    weight += 1  # after the save returned: the checkpoint holds the values of the save
+    manager.close()
+    # private buffers would go through the socket by value: this process writes those itself
+    assert len(sent) == (1 if room else 0)
+    payload = load_checkpoint("latest", tmp_path)
+    assert payload["version"] == 3 and torch.equal(payload["model"]["weight"], torch.arange(6.0))
 
 
 @pytest.mark.skipif(not SerializerProcess.supported(), reason="no shared-memory file system (/dev/shm)")

@@ -206,7 +206,7 @@ class FileCheckpointManager(CheckpointManager):
 
     def _persist(self, request: SaveRequest) -> None:
         data = self.layout.data_name(request.name, self.progress_tag(request.progress), request.history)
-        if not self._write_in_child(request.payload, data):
+        if not self._write_in_child(request, data):
             with self.layout.write(data) as file:
                 torch.save(request.payload, file)
         # Files that may have lost their last reference; the new file is one if its alias fails.
@@ -229,13 +229,17 @@ class FileCheckpointManager(CheckpointManager):
                 aliases.append(EMA_EXPORT)
         self.record_success(data, tuple(aliases))
 
-    def _write_in_child(self, payload: Mapping[str, Any], data: str) -> bool:
-        """Write data file ``data`` with the serializer process; ``False`` if there is none (any more)."""
-        if self._serializer is None:
+    def _write_in_child(self, request: SaveRequest, data: str) -> bool:
+        """Write data file ``data`` with the serializer process; ``False`` when this process should write it.
+
+        That is when there is no serializer (any more), and when shared memory ran out for some of the
+        request's tensors: sending those through the socket would copy them twice.
+        """
+        if self._serializer is None or not all(map(self._buffers.describe, request.staged)):
             return False
         try:
             with self.layout.write_path(data) as temporary:
-                self._serializer.save(payload, temporary, self._buffers)
+                self._serializer.save(request.payload, temporary, self._buffers)
             return True
         except SerializerLost as lost:
             warnings.warn(f"{lost}; writing checkpoints on a thread from now on", RuntimeWarning, stacklevel=2)

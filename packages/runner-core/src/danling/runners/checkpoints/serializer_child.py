@@ -9,15 +9,17 @@ the socket or dies.
 """
 
 import io
+import os
 import pickle
 import signal
 import sys
 
-del sys.path[0]  # this file's folder: the modules next to it belong to the training process
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # this file's folder: the modules next to it belong to the training process
 
-from multiprocessing.connection import Connection  # noqa: E402
+from multiprocessing.connection import Connection
 
-import torch  # noqa: E402
+import torch
 
 #: Shared files mapped so far, by name: a buffer is reused by many saves.
 MAPPED: dict[str, torch.Tensor] = {}
