@@ -545,3 +545,30 @@ def test_killed_between_writing_and_flipping_keeps_the_old_aliases(tmp_path, sav
     assert sorted(os.listdir(directory)) == sorted(["best.pth", "ckpt-e000001.pth", "latest.pth", *kept])
     manager.save({"model": {"weight": torch.full((8,), 3.0)}, "version": 3}, progress=3)
     assert manager.load("latest")["version"] == 3 and manager.load("best")["version"] == 1
+
+
+def test_importing_the_serializer_program_changes_nothing(monkeypatch):
+    # doctest collection imports every module: the program's set-up must wait for ``__main__``
+    import importlib
+
+    import danling.runners.checkpoints.serializer_child as program
+
+    monkeypatch.setattr(sys, "path", [os.path.dirname(program.__file__), *sys.path])
+    before = list(sys.path)
+    importlib.reload(program)
+    assert sys.path == before
+
+
+@pytest.mark.skipif(not SerializerProcess.supported(), reason="no shared-memory file system (/dev/shm)")
+def test_the_serializer_process_resolves_relative_paths_where_the_caller_stands(tmp_path, monkeypatch):
+    (tmp_path / "started").mkdir()
+    (tmp_path / "saving").mkdir()
+    monkeypatch.chdir(tmp_path / "started")
+    serializer, buffers = SerializerProcess(), SharedBuffers()
+    serializer.start()  # the child keeps this working directory
+    monkeypatch.chdir(tmp_path / "saving")
+    weight = buffers.empty((2,), torch.float32)
+    weight.fill_(4.0)
+    serializer.save({"weight": weight}, "state.pth", buffers)
+    serializer.close()
+    assert torch.load(tmp_path / "saving" / "state.pth")["weight"].tolist() == [4.0, 4.0]

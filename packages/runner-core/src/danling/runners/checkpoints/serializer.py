@@ -86,7 +86,8 @@ class SerializerProcess:
 
     def save(self, payload: Any, path: str, buffers: SharedBuffers) -> None:
         """Write ``payload`` to ``path`` (not flushed to disk); raise ``SerializerLost`` if the child died."""
-        message = _dumps((payload, path, buffers.take_freed()), buffers)
+        # absolute: the child kept the working directory of the moment it started
+        message = _dumps((payload, os.path.abspath(path), buffers.take_freed()), buffers)
         with self._lock:
             connection = self._connect()
             try:

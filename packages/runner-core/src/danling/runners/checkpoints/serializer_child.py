@@ -3,23 +3,21 @@
 Run by file path with the number of a connected socket; it imports ``torch`` and nothing of the
 training program.  It reads pickled ``(payload, path, freed)`` messages, whose staged tensors
 unpickle as views of shared-memory files (each file mapped once, until ``freed`` names it),
-writes each payload to ``path`` with ``torch.save`` and replies ``None`` or the error as text.  It ignores ``SIGINT`` and ``SIGTERM`` (the training
-process decides when saving stops) and exits at end-of-file: when the training process closes
-the socket or dies.
+writes each payload to ``path`` with ``torch.save`` and replies ``None`` or the error as text.
+It ignores ``SIGINT`` and ``SIGTERM`` (the training process decides when saving stops) and exits
+at end-of-file: when the training process closes the socket or dies.
+
+Importing this module (as doctest collection does) runs nothing and imports no ``torch``.
 """
+
+from __future__ import annotations
 
 import io
 import os
 import pickle
 import signal
 import sys
-
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]  # this file's folder: the modules next to it belong to the training process
-
 from multiprocessing.connection import Connection
-
-import torch
 
 #: Shared files mapped so far, by name: a buffer is reused by many saves.
 MAPPED: dict[str, torch.Tensor] = {}
@@ -78,6 +76,10 @@ def serve(connection: Connection) -> None:
 
 
 if __name__ == "__main__":
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]  # this file's folder: the modules next to it belong to the training process
+    import torch
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
