@@ -16,14 +16,15 @@ CPU thread per process, two processes joined by gloo on loopback.
   since the run is distributed, asynchronous DCP checkpoints about every 20th of the run (the
   final save is written while the runner closes, which is not timed).
 - ``runner (no lines)``: the quiet runner with ``log_interval=0`` (no progress lines).  Each
-  progress line (about 100 per run) averages the meters over the ranks, one small all-reduce;
-  the difference to ``runner (quiet)`` is what those lines cost.  On several ranks the runner
-  weighs each micro-batch by the number of targets its loss averages and sums those counts over
-  the ranks, so that ranks with uneven batches still give every sample the same weight; the sum
-  travels inside DDP's gradient all-reduce (``danling.runners.ddp_comm.WindowTotalHook``, appended
-  to the last bucket), so no collective of its own runs per step.  It falls back to a separate
-  scalar all-reduce per step only where the hook stands aside (a user's communication hook, bf16
-  or fp16 parameters, TorchFT).
+  progress line (one every 2 steps here) averages the meters over the ranks; the sums ride the
+  next step's gradient all-reduce (``WindowTotalHook.carry_values``) and the line is printed after
+  that step, so no rank waits for a collective of its own.  The difference to ``runner (quiet)``
+  is what the lines cost.  On several ranks the runner also weighs each micro-batch by the number
+  of targets its loss averages and sums those counts over the ranks, so that ranks with uneven
+  batches still give every sample the same weight; that sum travels in the same all-reduce
+  (``danling.runners.ddp_comm.WindowTotalHook``, appended to the last bucket).  Both fall back to
+  a separate all-reduce only where the hook stands aside (a user's communication hook, bf16 or
+  fp16 parameters, TorchFT).
 
 The variants are interleaved ``--repeats`` times after one warm-up round, both ranks starting
 each together (a barrier); rank 0 prints the median wall time of the training (building the

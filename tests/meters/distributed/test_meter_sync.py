@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from danling.metrics import AverageMeter, AverageMeters, MultiTaskMetrics, StreamMetrics, binary_metric_funcs
 from danling.metrics.functional import accuracy
+from danling.metrics.meter_sync import MeterReduction
 from tests.distributed import run_workers
 
 pytestmark = pytest.mark.distributed
@@ -87,6 +88,21 @@ def _meters_worker(rank: int, world_size: int) -> dict:
         dist.all_reduce, dist.all_gather_object = real_all_reduce, real_gather
     results["line"] = (calls, line.loss, line.lr)
 
+    # begun without waiting: the statistics of the moment it began, whatever happens before the wait
+    started = AverageMeters()
+    started.loss.update(*SCALAR_UPDATES[rank][0])
+    started.vector.update(torch.tensor([1.0, 2.0]) * (rank + 1), n=rank + 1)
+    pending = started.start_batch()
+    started.loss.update(100.0, n=7)
+    started.vector.update(torch.tensor([100.0, 100.0]), n=7)
+    early = pending.wait()
+    results["started"] = (early.loss, early.vector.tolist(), pending.wait().loss == early.loss, started.bat.loss)
+    running = AverageMeter()
+    running.update(torch.tensor([1.0, 2.0]) * (rank + 1), n=rank + 1)
+    reduction = MeterReduction([running], "average")
+    running.update(torch.tensor([100.0, 100.0]), n=7)  # adds to the running sum in place
+    results["started_average"] = reduction.wait()[0].tolist()
+
     stream = StreamMetrics(acc=binary_metric_funcs()["acc"])
     stream.update(torch.tensor(LOGITS[rank]), torch.tensor(LABELS[rank]))
     results["stream"] = (stream.val.acc, stream.bat.acc, stream.avg.acc)
@@ -153,6 +169,20 @@ def test_scalar_meters_are_read_with_one_collective(meter_results):
         calls, line_loss, line_lr = result["line"]
         assert calls == ["all_reduce"]
         assert line_loss == pytest.approx(loss) and line_lr == pytest.approx(0.1)
+
+
+def test_a_started_reduction_reads_the_meters_when_it_begins(meter_results):
+    world_size, results = meter_results
+    firsts = [SCALAR_UPDATES[rank][0] for rank in range(world_size)]
+    loss = sum(v * n for v, n in firsts) / sum(n for _, n in firsts)
+    weights = list(range(1, world_size + 1))
+    vector = [sum(w * w * base for w in weights) / sum(weights) for base in (1.0, 2.0)]
+    for result in results:
+        early_loss, early_vector, remembered, later = result["started"]
+        assert early_loss == pytest.approx(loss) and early_vector == pytest.approx(vector)
+        assert remembered, "waiting again gives the same result"
+        assert later == pytest.approx(100.0), "a later batch() sees the later updates"
+        assert result["started_average"] == pytest.approx(vector), "the running sum as it was"
 
 
 def test_stream_metrics_weight_ranks_by_batch_size(meter_results):

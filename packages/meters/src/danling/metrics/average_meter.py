@@ -14,7 +14,7 @@ are float64 tensors of that shape.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,7 +22,7 @@ from chanfig import DefaultDict
 from torch import Tensor
 
 from .distributed import world_size
-from .meter_sync import Mode, synchronise_meters
+from .meter_sync import MeterReduction, Mode, synchronise_meters
 from .round_dict import RoundDict, format_number
 
 if TYPE_CHECKING:
@@ -341,6 +341,25 @@ class AverageMeter:
         return f"{type(self).__name__}(val={self.value()}, avg={self._local_average()})"
 
 
+class PendingRound:
+    """The values of an ``AverageMeters`` reduction begun without waiting (see ``AverageMeters.start_batch``)."""
+
+    def __init__(self, reduction: MeterReduction, synced: list[str], local: dict[str, Any]) -> None:
+        self.reduction, self.synced, self.local = reduction, synced, local
+
+    def ready(self) -> bool:
+        """Whether ``wait()`` only reads the result; the same on every rank."""
+        return self.reduction.ready()
+
+    def wait(self) -> RoundDict:
+        """Every meter's value: reduced over the ranks, or local for meters that are not distributed."""
+        return RoundDict(self.values())
+
+    def values(self) -> dict[str, Any]:
+        """``wait()`` as a plain ``dict`` (cheaper where it is read once, as by a progress line)."""
+        return {**self.local, **dict(zip(self.synced, self.reduction.wait()))}
+
+
 class AverageMeters(DefaultDict):
     r"""
     A named set of ``AverageMeter``; reading a missing name creates its meter.
@@ -411,14 +430,36 @@ class AverageMeters(DefaultDict):
     def value(self) -> RoundDict:
         return RoundDict({name: meter.value() for name, meter in self.items()})
 
-    def _reduce(self, mode: Mode) -> RoundDict:
+    def _start(self, mode: Mode, start: Callable[[Tensor], Any] | None = None) -> PendingRound:
         synced = [name for name, meter in self.items() if world_size(meter.distributed) > 1]
-        results = dict(zip(synced, synchronise_meters([self[name] for name in synced], mode, synced)))
-        local = (lambda meter: meter.value()) if mode == "batch" else (lambda meter: meter._local_average())
-        return RoundDict({name: results[name] if name in results else local(meter) for name, meter in self.items()})
+        reduction = MeterReduction([self[name] for name in synced], mode, synced, start=start)
+        read = (lambda meter: meter.value()) if mode == "batch" else (lambda meter: meter._local_average())
+        local = {name: None if name in synced else read(meter) for name, meter in self.items()}
+        return PendingRound(reduction, synced, local)
+
+    def _reduce(self, mode: Mode) -> RoundDict:
+        return self._start(mode).wait()
 
     def batch(self) -> RoundDict:
         return self._reduce("batch")
+
+    def start_batch(self, start: Callable[[Tensor], Any] | None = None) -> PendingRound:
+        r"""
+        ``batch()`` begun without waiting: ``wait()`` on the result gives the ``RoundDict``.
+
+        Collective like ``batch()``.  The meters are read now; updates made before the wait are
+        not part of the result, so a loop can keep training while the reduction travels (the
+        runner's progress lines do).  ``start`` is ``MeterReduction``'s: what carries the sums.
+
+        Examples:
+            >>> meters = AverageMeters(loss=AverageMeter())
+            >>> meters.loss.update(0.5)
+            >>> pending = meters.start_batch()
+            >>> meters.loss.update(0.25)
+            >>> pending.wait().dict(), meters.batch().dict()
+            ({'loss': 0.5}, {'loss': 0.25})
+        """
+        return self._start("batch", start)
 
     def average(self) -> RoundDict:
         return self._reduce("average")

@@ -14,6 +14,8 @@ collective: every rank must call them in the same order with compatible argument
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -74,6 +76,13 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     if is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def start_all_reduce_sum(tensor: Tensor) -> Any:
+    """Begin summing ``tensor`` over all ranks in place; returns the work to ``wait()`` on, or None when nothing is reduced."""
+    if is_initialized() and dist.get_world_size() > 1:
+        return dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
+    return None
 
 
 def all_reduce_max(tensor: Tensor) -> Tensor:

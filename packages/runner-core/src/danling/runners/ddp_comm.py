@@ -29,6 +29,12 @@ when that bucket's all-reduce completes, so the total travels with the gradients
 The hook is registered at the first ``carry`` (the first training backward), not when the model is
 wrapped: a communication hook the user registers on ``runner.model`` before training takes
 precedence, since DDP accepts only one.
+
+Progress lines ride along the same way: ``carry_values(buffer)`` offers a small float64 buffer (a
+line's meter sums, see ``RunnerRecords.begin_step_log``) to the next synchronising backward, which
+appends it after the total and writes the sums back into ``buffer``.  In a float32 bucket those
+sums are rounded to float32 (about seven significant digits; a line shows four).  If no
+synchronising backward carried it by the time the line is wanted, ``wait()`` sums it on its own.
 """
 
 # No ``from __future__ import annotations``: DDP checks the hook's annotations as objects.
@@ -82,6 +88,28 @@ def decode_total(high: float, low: float, invalid: float) -> float | None:
     return float(int(high) * SPLIT + int(low))
 
 
+class _Passenger:
+    """Values offered to the next synchronising backward; ``wait()`` leaves their sum over the ranks in ``values``."""
+
+    __slots__ = ("group", "hook", "summed", "values")
+
+    def __init__(self, hook: "WindowTotalHook", values: torch.Tensor) -> None:
+        self.hook, self.group, self.values = hook, hook.process_group, values
+        self.summed: torch.Tensor | None = None
+
+    def ready(self) -> bool:
+        """Whether a backward carried the values (the same on every rank: they synchronise together)."""
+        return self.summed is not None
+
+    def wait(self) -> None:
+        if self.hook.passenger is self:  # no synchronising backward came: sum them on their own
+            self.hook.passenger = None
+            dist.all_reduce(self.values, group=self.group)
+        elif self.summed is not None:
+            self.values.copy_(self.summed)
+            self.summed = None
+
+
 class _Ticket:
     """One backward's offer of the window total, and the summed parts once the hook carried it."""
 
@@ -126,6 +154,7 @@ class WindowTotalHook:
         self.world_size = dist.get_world_size(self.process_group)
         self.registered: bool | None = None  # decided at the first carry
         self.offer: _Ticket | None = None
+        self.passenger: _Passenger | None = None
 
     def register(self) -> bool:
         """Register the hook on the model unless it cannot carry the total there; whether it did."""
@@ -142,6 +171,19 @@ class WindowTotalHook:
         self.offer = _Ticket(total)
         return self.offer.read
 
+    def carry_values(self, values: torch.Tensor) -> _Passenger:
+        r"""
+        Offer ``values`` (1-D float64) to the next synchronising backward; ``wait()`` on the result sums them.
+
+        Only once the hook is registered (``registered``), and only for values meant to be summed over
+        DDP's process group.  A later offer replaces one that has not travelled yet; its ``wait()``
+        then sums it on its own.
+        """
+        if not self.registered:
+            raise RuntimeError("WindowTotalHook.carry_values needs the hook registered by a training backward first")
+        self.passenger = _Passenger(self, values)
+        return self.passenger
+
 
 def _reduce_bucket(state: WindowTotalHook, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Average ``bucket`` over the ranks; the last bucket of a backward also carries the offered window total."""
@@ -150,16 +192,22 @@ def _reduce_bucket(state: WindowTotalHook, bucket: dist.GradBucket) -> torch.fut
         buffer.mul_(scale)
         return dist.all_reduce(buffer, group=group, async_op=True).get_future().then(_first_value)
     ticket, state.offer = state.offer, None  # one offer travels once
+    passenger, state.passenger = state.passenger, None
     parts = encode_total(ticket.total, state.world_size) if ticket is not None else (0.0, 0.0, 1.0)
     size = buffer.numel()
-    carrier = buffer.new_empty(size + 3)
+    extra = 0 if passenger is None else passenger.values.numel()
+    carrier = buffer.new_empty(size + 3 + extra)
     torch.mul(buffer, scale, out=carrier[:size])
-    carrier[size:] = torch.tensor(parts, dtype=buffer.dtype)
+    carrier[size : size + 3] = torch.tensor(parts, dtype=buffer.dtype)
+    if passenger is not None:
+        carrier[size + 3 :] = passenger.values
 
     def split(future: torch.futures.Future[Any]) -> torch.Tensor:
         summed = future.value()[0]
         if ticket is not None:
-            ticket.parts = summed[size:]
+            ticket.parts = summed[size : size + 3]
+        if passenger is not None:
+            passenger.summed = summed[size + 3 :]
         return summed[:size]
 
     return dist.all_reduce(carrier, group=group, async_op=True).get_future().then(split)

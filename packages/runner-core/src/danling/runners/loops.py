@@ -5,7 +5,9 @@ split's turn ``train_split_steps``) → ``_train_batch`` → the runner's ``trai
 loss, metrics, backward, optimizer step) → meters → progress line → checkpoint → evaluation.
 
 Each function takes the runner and calls its step-level hooks (``train_step``, ``evaluate_step``,
-``infer_step``, ``save_checkpoint``, ``step_log`` ...); none of them calls back into this module.
+``infer_step``, ``save_checkpoint``, ``begin_step_log`` ...); none of them calls back into this module.
+On several ranks a progress line's reduction travels while the next batch computes, and the line
+is reported after that batch (``finish_step_log``), so no rank waits for the others to log.
 The runner's public loop methods (``TorchRunner.train``, ``train_epoch``, ``evaluate_epoch`` ...)
 only enter it.  A subclass that overrides one of the pass-level methods (``train_epoch``,
 ``evaluate_epoch``, ``train_split_steps``, ``evaluate_steps``) gets its override called for each
@@ -186,12 +188,14 @@ def train_epoch(runner: TorchRunner, split: str = "train") -> RoundDict:
         for batch in itertools.islice(loader, skip, None):
             iteration, step_before = loop.batches[split], runner.train_state.global_step
             _train_batch(runner, batch, meters, weigh)
+            runner.finish_step_log(if_ready=True)  # the previous line, once its sums travelled
             loop.batches[split] = iteration + 1
             progress.advance()
             if progress.due(iteration):
-                runner.step_log(split, iteration, None if length is None else length - 1)
+                runner.begin_step_log(split, iteration, None if length is None else length - 1)
             if runner.train_state.global_step != step_before and runner.stop_requested():
                 runner.shut_down_on_signal()  # after the bookkeeping: the checkpoint resumes at the next batch
+        runner.finish_step_log()
         loop.end_pass(split)
         loop.finish(split)  # before the partial-window step, which may be checkpointed
         runner.flush_gradients()
@@ -297,6 +301,7 @@ def train_split_steps(
                 _after_update(runner, split, turn)
             if empty:
                 break
+        runner.finish_step_log()
     finally:
         progress.close()
     loop.finish(split)
@@ -310,6 +315,7 @@ def _train_until(runner: TorchRunner, split: str, iterator: Iterator, turn: _Tur
     for batch in iterator:
         step_before = state.global_step
         _train_batch(runner, batch, meters, weigh)
+        runner.finish_step_log(if_ready=True)  # the previous line, once its sums travelled
         loop.batches[split] = loop.batches.get(split, 0) + 1
         if state.global_step != step_before:
             _after_update(runner, split, turn)
@@ -326,7 +332,7 @@ def _after_update(runner: TorchRunner, split: str, turn: _Turn) -> None:
         runner.save_checkpoint()
     if progress.interval > 0 and (step % progress.interval == 0 or step == turn.target):
         # numbered within the turn: the turn's first optimizer step is 0, its last is ``total - 1``
-        runner.step_log(split, step - (turn.target - progress.total) - 1, progress.total - 1)
+        runner.begin_step_log(split, step - (turn.target - progress.total) - 1, progress.total - 1)
     if runner.stop_requested():
         runner.shut_down_on_signal()
 
@@ -352,12 +358,14 @@ def evaluate_epoch(runner: TorchRunner, split: str = "val", steps: int | None = 
                 break
             normalizer = loss_normalizer(batch, runner.criterion)
             _, loss = runner.evaluate_step(batch)
+            runner.finish_step_log(if_ready=True)
             if loss is not None:
                 loss_meter.update(loss, n=normalizer or 1)
             progress.advance()
             if progress.due(consumed):
-                runner.step_log(split, consumed, None if total is None else total - 1)
+                runner.begin_step_log(split, consumed, None if total is None else total - 1)
             consumed += 1
+        runner.finish_step_log()
     finally:
         progress.close()
     if steps is not None and consumed < steps:

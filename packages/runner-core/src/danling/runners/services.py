@@ -115,6 +115,7 @@ class RunnerServices:
         Every rank calls it (the loop does, when ``stop_requested()``): the save is collective for
         sharded formats, and the file format writes from the main process.
         """
+        self.finish_step_log()  # the progress line of the step just finished, before the shutdown's own
         supervisor = self.supervisor
 
         def save() -> None:

@@ -254,6 +254,13 @@ class TorchRunner(RunnerServices, BaseRunner):
         if isinstance(self.ema, nn.Module):
             self.ema = self.ema.to(self.device)
 
+    def _progress_line_carrier(self) -> Any:
+        # in training, a progress line's meter sums ride the next gradient all-reduce (no collective of their own)
+        hook = self.window_total_hook
+        if hook is None or not hook.registered or self.mode != RunnerMode.train or hook.world_size != self.world_size:
+            return None
+        return hook.carry_values
+
     def unwrap(self, model: Any) -> Any:
         """The module under DDP and ``torch.compile`` wrappers (its ``state_dict`` has plain names)."""
         while True:
