@@ -155,6 +155,7 @@ class WindowTotalHook:
         self.registered: bool | None = None  # decided at the first carry
         self.offer: _Ticket | None = None
         self.passenger: _Passenger | None = None
+        self._carriers: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
 
     def register(self) -> bool:
         """Register the hook on the model unless it cannot carry the total there; whether it did."""
@@ -170,6 +171,20 @@ class WindowTotalHook:
             return None
         self.offer = _Ticket(total)
         return self.offer.read
+
+    def carrier(self, bucket: torch.Tensor, length: int) -> torch.Tensor:
+        """A buffer of ``length`` elements like ``bucket``, kept for the next backward (allocating one per step costs page faults).
+
+        Kept only when DDP copies the hook's result into the gradients; with ``gradient_as_bucket_view`` a
+        fresh one is made each time, in case gradients end up viewing it.
+        """
+        key = (length, bucket.dtype, bucket.device)
+        carrier = self._carriers.get(key)
+        if carrier is None:
+            carrier = bucket.new_empty(length)
+            if not self.model.gradient_as_bucket_view:
+                self._carriers[key] = carrier
+        return carrier
 
     def carry_values(self, values: torch.Tensor) -> _Passenger:
         r"""
@@ -196,7 +211,7 @@ def _reduce_bucket(state: WindowTotalHook, bucket: dist.GradBucket) -> torch.fut
     parts = encode_total(ticket.total, state.world_size) if ticket is not None else (0.0, 0.0, 1.0)
     size = buffer.numel()
     extra = 0 if passenger is None else passenger.values.numel()
-    carrier = buffer.new_empty(size + 3 + extra)
+    carrier = state.carrier(buffer, size + 3 + extra)
     torch.mul(buffer, scale, out=carrier[:size])
     carrier[size : size + 3] = torch.tensor(parts, dtype=buffer.dtype)
     if passenger is not None:
@@ -204,10 +219,11 @@ def _reduce_bucket(state: WindowTotalHook, bucket: dist.GradBucket) -> torch.fut
 
     def split(future: torch.futures.Future[Any]) -> torch.Tensor:
         summed = future.value()[0]
+        # copies: the carrier is reused by the next backward
         if ticket is not None:
-            ticket.parts = summed[size : size + 3]
+            ticket.parts = summed[size : size + 3].clone()
         if passenger is not None:
-            passenger.summed = summed[size + 3 :]
+            passenger.summed = summed[size + 3 :].clone()
         return summed[:size]
 
     return dist.all_reduce(carrier, group=group, async_op=True).get_future().then(split)

@@ -125,6 +125,8 @@ class StopAgreement:
 
         Makes the gloo group when the default backend cannot reduce CPU tensors; a collective.
         """
+        if self._group_ready and dist.is_initialized():  # every optimizer step asks: the short way
+            return self._group
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
             return False
         if not self._group_ready:
