@@ -46,6 +46,14 @@ def expected_tensor(world_size: int) -> tuple[list[float], list[float]]:
     return mean(last), mean(everything)
 
 
+def expected_first_updates(world_size: int) -> tuple[float, list[float]]:
+    """The ranks' first scalar updates averaged, and the vector meter ``[1, 2] * (rank + 1)`` weighted by ``rank + 1``."""
+    firsts = [SCALAR_UPDATES[rank][0] for rank in range(world_size)]
+    loss = sum(v * n for v, n in firsts) / sum(n for _, n in firsts)
+    weights = list(range(1, world_size + 1))
+    return loss, [sum(w * w * base for w in weights) / sum(weights) for base in (1.0, 2.0)]
+
+
 def _meters_worker(rank: int, world_size: int) -> dict:
     results: dict = {}
     scalar = AverageMeter()
@@ -152,10 +160,7 @@ def test_zero_counts_are_nan_and_shape_mismatch_fails_on_every_rank(meter_result
 
 def test_meter_container_reduces_in_one_pass(meter_results):
     world_size, results = meter_results
-    firsts = [SCALAR_UPDATES[rank][0] for rank in range(world_size)]
-    loss = sum(v * n for v, n in firsts) / sum(n for _, n in firsts)
-    weights = list(range(1, world_size + 1))
-    vector = [sum(w * w * base for w in weights) / sum(weights) for base in (1.0, 2.0)]
+    loss, vector = expected_first_updates(world_size)
     for rank, result in enumerate(results):
         assert result["meters"][0] == pytest.approx(loss) and result["meters"][1] == pytest.approx(loss)
         assert result["meters"][2] == float(rank), "a meter with distributed=False stays local"
@@ -173,10 +178,7 @@ def test_scalar_meters_are_read_with_one_collective(meter_results):
 
 def test_a_started_reduction_reads_the_meters_when_it_begins(meter_results):
     world_size, results = meter_results
-    firsts = [SCALAR_UPDATES[rank][0] for rank in range(world_size)]
-    loss = sum(v * n for v, n in firsts) / sum(n for _, n in firsts)
-    weights = list(range(1, world_size + 1))
-    vector = [sum(w * w * base for w in weights) / sum(weights) for base in (1.0, 2.0)]
+    loss, vector = expected_first_updates(world_size)
     for result in results:
         early_loss, early_vector, remembered, later = result["started"]
         assert early_loss == pytest.approx(loss) and early_vector == pytest.approx(vector)

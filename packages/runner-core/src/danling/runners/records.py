@@ -269,8 +269,7 @@ class RunnerRecords:
         progress = self._active_progress(split)
         if progress is not None and self.reports_batch_telemetry and "time" not in local:
             local["time"] = progress.seconds_per_iteration(iteration)
-        where = (split, iteration, self._last_index(split, length))
-        when = (progress, self.mode, self.train_state.global_step)
+        last, mode, steps = self._last_index(split, length), self.mode, self.train_state.global_step
 
         def report() -> None:
             if progress is not None and progress.closed:
@@ -278,7 +277,7 @@ class RunnerRecords:
             latest = reduction.values()
             values = {name: latest[name] for name in counted}
             values.update(local)
-            self._report_step(*where, values, *when)
+            self._report_step(split, iteration, last, values, progress, mode, steps)
 
         self._pending_step_log = (reduction, report)
 
