@@ -39,6 +39,9 @@ the ``raw`` loop of the same mode timed in the same round, the same ratio in CPU
 process (all threads), and the ratio of the fastest repeats (``min ratio``): the last two are
 disturbed less by other programs on a busy machine.
 
+A save's cost to the loop: steps of runs that save every ``SAVE_CADENCE`` steps, grouped by how
+many steps after a save they start (``save_cost_in_loop``).
+
 Checkpoints, for the trained task and for a larger model (MLP of width 1024, 1.1M parameters):
 a synchronous ``save_checkpoint`` with the default config against what a user's loop does, a
 plain ``torch.save(runner.state_dict(), path)`` overwriting one path each time (no ``fsync``);
@@ -56,6 +59,7 @@ import contextlib
 import functools
 import importlib.util
 import io
+import itertools
 import logging
 import os
 import statistics
@@ -344,6 +348,56 @@ def print_checkpoint_costs(dataset: TensorDataset, width: int, repeats: int) -> 
     )
 
 
+#: Optimizer steps between saves when timing a save's cost to the loop (``save_cost_in_loop``).
+SAVE_CADENCE = 13
+
+
+class _SteppedRunner(BenchmarkRunner):
+    """Records when each training step starts."""
+
+    def train_step(self, data):
+        self.step_starts.append(time.perf_counter())
+        return super().train_step(data)
+
+
+def save_cost_in_loop(dataset: TensorDataset, steps: int, repeats: int) -> tuple[list[float], float]:
+    """Per step after a save: the median wall time from one step's start to the next's; and the extra total.
+
+    The default config (without the log file) saves every ``SAVE_CADENCE`` steps; each interval is
+    labelled by how many steps after the latest save it starts.  Comparing steps of the same run
+    spares this figure the drifts of a busy machine that whole-run ratios suffer: a save costs the
+    loop the save call itself (phase 0) and whatever the writer and the serializer process take
+    from the training thread afterwards.  The extra total is the sum over phases of the excess over
+    the median of the later phases.
+    """
+    phases: list[list[float]] = [[] for _ in range(SAVE_CADENCE)]
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()):
+            config = runner_config(root, steps, quiet=False, interval=SAVE_CADENCE)
+            config["log"] = False
+            runner = _SteppedRunner(config, dataset)
+            runner.step_starts = []
+            runner.train()
+            runner.close()
+        starts = runner.step_starts
+        for step, (begun, next_begun) in enumerate(itertools.pairwise(starts), start=1):
+            if SAVE_CADENCE <= step < steps - SAVE_CADENCE:  # after the serializer's start-up
+                phases[step % SAVE_CADENCE].append(next_begun - begun)
+    medians = [statistics.median(values) for values in phases]
+    baseline = statistics.median(medians[SAVE_CADENCE // 3 :])
+    return medians, sum(median - baseline for median in medians)
+
+
+def print_save_cost_in_loop(dataset: TensorDataset, steps: int, repeats: int) -> None:
+    medians, extra = save_cost_in_loop(dataset, steps, repeats)
+    shown = " ".join(f"{median * 1e3:.2f}" for median in medians[:4])
+    print(
+        f"asynchronous save every {SAVE_CADENCE} steps ({repeats} runs): ms per step at 0, 1, 2, 3 steps after a save "
+        f"{shown} (later steps {statistics.median(medians[SAVE_CADENCE // 3 :]) * 1e3:.2f}); "
+        f"each save costs the loop {extra * 1e3:.2f} ms"
+    )
+
+
 def interleave(
     cases: dict[str, Callable[[], tuple[float, float]]], repeats: int
 ) -> dict[str, list[tuple[float, float]]]:
@@ -423,6 +477,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--checkpoint-repeats", type=int, default=25)
+    parser.add_argument("--save-repeats", type=int, default=10, help="runs timing a save's cost to the loop")
     args = parser.parse_args()
     if args.steps <= 0 or args.steps % STEPS_PER_EPOCH:
         parser.error(
@@ -438,6 +493,7 @@ def main() -> None:
         values.clear()
     timings = interleave(cases, args.repeats)
     print_training(timings, builds, args.steps, args.repeats)
+    print_save_cost_in_loop(dataset, args.steps, args.save_repeats)
     for width in (256, 1024):
         print_checkpoint_costs(dataset, width, args.checkpoint_repeats)
 

@@ -173,18 +173,25 @@ def test_async_saves_land_in_order_with_snapshots(tmp_path):
     assert manager.health.error_count == 0
 
 
-def test_pending_async_saves_are_written_before_the_interpreter_exits(tmp_path):
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_pending_async_saves_are_written_before_the_interpreter_exits(tmp_path, writer):
+    if writer == "process" and not SerializerProcess.supported():
+        pytest.skip("no shared-memory file system (/dev/shm)")
     script = textwrap.dedent(
         """
         import sys, torch
-        from danling.runners.checkpoints import FileCheckpointManager
-        manager = FileCheckpointManager(sys.argv[1], {"async_mode": "async"}, interval=1)
+        from danling.runners.checkpoints import FileCheckpointManager, file
+        manager = FileCheckpointManager(sys.argv[1], {"async_mode": "async", "async_writer": sys.argv[2]}, interval=1)
         for epoch in range(1, 4):
             manager.save({"model": {"weight": torch.full((256, 256), float(epoch))}}, progress=epoch)
+        if sys.argv[2] == "process":  # the serializer process writes them all, its shared buffers still there
+            def refuse(*args, **kwargs):
+                raise RuntimeError("written by the training process")
+            file.torch.save = refuse
         # no wait() or close(): the script just ends
         """
     )
-    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path), writer], check=True, timeout=120)
     assert sorted(os.listdir(tmp_path)) == ["ckpt-e000001.pth", "ckpt-e000002.pth", "ckpt-e000003.pth", "latest.pth"]
     assert torch.all(load_checkpoint("latest", tmp_path)["model"]["weight"] == 3)
 
@@ -439,15 +446,15 @@ _KILLED_WHILE_THE_CHILD_WRITES = textwrap.dedent(
     manager.save({"model": {"weight": torch.zeros(8)}, "version": 1}, progress=1)
     manager.wait()
     child = SerializerProcess.shared()._process.pid
-    written = SerializerProcess.save
+    written = SerializerProcess.send
 
-    def stall(self, payload, path, buffers):
-        written(self, payload, path, buffers)  # the child has written the temporary file
+    def stall(self, encoded, path, buffers):
+        written(self, encoded, path, buffers)  # the child has written the temporary file
         with open(marker, "w") as file:
             file.write(str(child))
         time.sleep(120)
 
-    SerializerProcess.save = stall
+    SerializerProcess.send = stall
     manager.save({"model": {"weight": torch.ones(2_000_000)}, "version": 2}, progress=2)
     manager.wait()
     """
@@ -464,8 +471,8 @@ def test_the_serializer_process_writes_what_was_staged_in_shared_memory(tmp_path
     if not room:  # a full /dev/shm (a container's 64 MB): staging falls back to private memory
         monkeypatch.setattr(SharedBuffers, "empty", lambda self, shape, dtype: None)
     sent = []
-    send = SerializerProcess.save
-    monkeypatch.setattr(SerializerProcess, "save", lambda self, *args: sent.append(args[1]) or send(self, *args))
+    send = SerializerProcess.send
+    monkeypatch.setattr(SerializerProcess, "send", lambda self, *args: sent.append(args[1]) or send(self, *args))
     manager = FileCheckpointManager(tmp_path, {"async_writer": "process"}, interval=1)
     weight = torch.arange(6.0)
     manager.save({"model": {"weight": weight}, "version": 3}, progress=1)

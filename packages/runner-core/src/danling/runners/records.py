@@ -204,13 +204,19 @@ class RunnerRecords:
         ``result`` defaults to ``get_step_result()``; while a loop over ``split`` runs, the
         seconds per batch since the previous report are added as ``time``.  Returns what was reported.
         """
+        return RoundDict(self._log_step(split, iteration, length, result))
+
+    def _log_step(
+        self, split: str, iteration: int, length: int | str | None, result: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        # ``step_log`` without building its ``RoundDict`` (a chanfig mapping: a third of a line's cost)
         length = self._last_index(split, length)
         values = self._reported_values() if result is None else dict(result)
         progress = self._active_progress(split)
         if progress is not None and self.reports_batch_telemetry and "time" not in values:
             values["time"] = progress.seconds_per_iteration(iteration)
         self._report_step(split, iteration, length, values, progress, self.mode, self.train_state.global_step)
-        return RoundDict(values)
+        return values
 
     def _last_index(self, split: str, length: int | str | None) -> int | str | None:
         if length is None and split in self.dataloaders:
@@ -255,13 +261,15 @@ class RunnerRecords:
         """
         self.finish_step_log()
         cls = type(self)
+        if cls.step_log is not RunnerRecords.step_log:
+            self.step_log(split, iteration, length)
+            return
         if not (
             self.distributed
-            and cls.step_log is RunnerRecords.step_log
             and cls.get_step_result is RunnerRecords.get_step_result
             and getattr(cls.reduce_loss_for_logging, "averages_like_the_meters", False)
         ):
-            self.step_log(split, iteration, length)
+            self._log_step(split, iteration, length)
             return
         counted = [name for name, meter in self.meters.items() if meter.count]
         reduction = self.meters.start_batch(self._progress_line_carrier())

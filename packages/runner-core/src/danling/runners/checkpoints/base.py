@@ -16,6 +16,7 @@ share:
 
 from __future__ import annotations
 
+import atexit
 import math
 import threading
 import warnings
@@ -127,6 +128,8 @@ class SaveRequest:
         export_model: Also export ``payload["model"]`` on its own (safetensors).
         staged: Recycled host buffers holding the payload's tensors (asynchronous saves of
             backends that recycle them); handed back to the pool once the request is written.
+        encoded: The payload already serialised for the writer, where a backend does that on
+            the saving thread (``CheckpointManager._encode``).
     """
 
     name: str
@@ -136,6 +139,7 @@ class SaveRequest:
     best: bool = False
     export_model: bool = False
     staged: list[torch.Tensor] = field(default_factory=list)
+    encoded: bytes | None = None
 
     @property
     def coalescable(self) -> bool:
@@ -214,6 +218,31 @@ class BackgroundWriter:
         return True
 
 
+#: Writers that may hold unwritten requests; ``_drain_writers`` waits for them at interpreter exit.
+_LIVE_WRITERS: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
+_drain_registered = False
+
+
+def _drain_at_exit(writer: BackgroundWriter) -> None:
+    """Write ``writer``'s pending requests at interpreter exit, before ``weakref.finalize`` callbacks run.
+
+    Those callbacks run newest first, so the finalizers of host buffers staged after the manager
+    was made (shared-memory files that a serializer process reads by name) would run before the
+    manager's own: ``atexit`` functions registered after the first ``weakref.finalize`` run
+    before all of them.
+    """
+    global _drain_registered
+    _LIVE_WRITERS.add(writer)
+    if not _drain_registered:
+        atexit.register(_drain_writers)
+        _drain_registered = True
+
+
+def _drain_writers() -> None:
+    for writer in list(_LIVE_WRITERS):
+        writer.close(None)
+
+
 class CheckpointManager:
     r"""
     Shared behaviour of checkpoint backends: cadence, payload, background writing, error handling.
@@ -261,6 +290,7 @@ class CheckpointManager:
             self._writer = BackgroundWriter(self._write_request, name=f"danling-ckpt-{tag[:8] or type(self).__name__}")
             # The writer keeps the manager alive until ``close``; at interpreter exit, drain it.
             self._finalizer = weakref.finalize(self, self._writer.close, None)
+            _drain_at_exit(self._writer)
 
     # cadence
 
@@ -335,8 +365,17 @@ class CheckpointManager:
             return True
         self._raise_deferred_error()
         request.payload = snapshot(request.payload, self._staging, request.staged, fresh)
+        self._encode(request)
         self._writer.submit(request)
         return True
+
+    def _encode(self, request: SaveRequest) -> None:
+        """Serialise an asynchronous request's snapshot on the saving thread, for a writer that sends bytes.
+
+        Python work on the writer thread holds the GIL the training loop needs between tensor
+        operations, and a thread waiting for the GIL waits up to ``sys.getswitchinterval()``: done
+        here, the same work costs the loop only its own time.  Nothing to do by default.
+        """
 
     def _write_request(self, request: SaveRequest) -> None:
         try:

@@ -38,7 +38,7 @@ from ..utils import is_main_process
 from .base import CheckpointManager, CheckpointNotFoundError, SaveRequest
 from .export import averaged_model_weights, load_model_state, save_model_state
 from .layout import HISTORY, SUFFIX, CheckpointLayout
-from .serializer import SerializerLost, SerializerProcess
+from .serializer import SerializerLost, SerializerProcess, encode_payload
 from .shared_buffers import SharedBuffers
 from .staging import StagingPool
 
@@ -233,18 +233,26 @@ class FileCheckpointManager(CheckpointManager):
         """Write data file ``data`` with the serializer process; ``False`` when this process should write it.
 
         That is when there is no serializer (any more), and when shared memory ran out for some of the
-        request's tensors: sending those through the socket would copy them twice.
+        request's tensors (``_encode`` left it unencoded): sending those through the socket would copy
+        them twice.
         """
-        if self._serializer is None or not all(map(self._buffers.describe, request.staged)):
+        # the buffers' files, which the child reads by name, may be gone: a finalizer unlinks each
+        # file when its tensor dies (at interpreter exit, say, for the pool's free buffers)
+        if self._serializer is None or request.encoded is None or not all(map(self._buffers.holds, request.staged)):
             return False
         try:
             with self.layout.write_path(data) as temporary:
-                self._serializer.save(request.payload, temporary, self._buffers)
+                self._serializer.send(request.encoded, temporary, self._buffers)
             return True
         except SerializerLost as lost:
             warnings.warn(f"{lost}; writing checkpoints on a thread from now on", RuntimeWarning, stacklevel=2)
             self._serializer = None
             return False
+
+    def _encode(self, request: SaveRequest) -> None:
+        # only a payload whose tensors all sit in shared memory: others would cross the socket by value
+        if self._serializer is not None and all(map(self._buffers.holds, request.staged)):
+            request.encoded = encode_payload(request.payload, self._buffers)
 
     def _point_best(self, data: str, superseded: list[str | None]) -> bool:
         try:

@@ -6,9 +6,10 @@ save of a small model slowed training as much as a synchronous one.  The file ba
 stages tensors in shared memory (``SharedBuffers``) and hands the write to a child process with
 an interpreter of its own.  What crosses the socket is one ``pickle`` of the payload in which
 each staged tensor is a view of its shared file (the child maps each file once, and lets it go
-when the buffer is freed); the child (``serializer_child.py``, started
-by file path, so it imports ``torch`` and never the user's script) runs ``torch.save`` into the
-file the manager names and replies.
+when the buffer is freed) and other tensors carry their bytes; ``encode_payload`` builds it on
+the thread that staged the payload.  The child (``serializer_child.py``, started by file path,
+so it imports ``torch`` and never the user's script) runs ``torch.save`` into the file the
+manager names and replies.
 
 One child serves every manager of a process; it starts with the first manager that uses it and
 lives until the process exits.  If it dies, ``save`` raises ``SerializerLost`` and the caller
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .shared_buffers import SharedBuffers, SharedTensor
+from .shared_buffers import SharedBuffers
 
 _CHILD_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serializer_child.py")
 
@@ -86,8 +87,13 @@ class SerializerProcess:
 
     def save(self, payload: Any, path: str, buffers: SharedBuffers) -> None:
         """Write ``payload`` to ``path`` (not flushed to disk); raise ``SerializerLost`` if the child died."""
-        # absolute: the child kept the working directory of the moment it started
-        message = _dumps((payload, os.path.abspath(path), buffers.take_freed()), buffers)
+        self.send(encode_payload(payload, buffers), path, buffers)
+
+    def send(self, encoded: bytes, path: str, buffers: SharedBuffers) -> None:
+        """``save`` for a payload that ``encode_payload`` already serialised (on the thread that staged it)."""
+        # absolute: the child kept the working directory of the moment it started.  Freed buffers are
+        # named here, at sending time: an encoded request may be superseded before it is sent.
+        message = pickle.dumps((os.path.abspath(path), buffers.take_freed(), encoded), pickle.HIGHEST_PROTOCOL)
         with self._lock:
             connection = self._connect()
             try:
@@ -136,43 +142,80 @@ class SerializerProcess:
                 process.wait()
 
 
-def map_shared_file(file: str, elements: int, dtype: torch.dtype) -> torch.Tensor:
-    """A shared file as a flat tensor.  The serializer process resolves this name to its own cached mapping."""
-    return torch.from_file(file, shared=True, size=elements, dtype=dtype)
+def rebuild_staged(file: str, elements: int, dtype: str, offset: int, shape: tuple, stride: tuple) -> torch.Tensor:
+    """A staged tensor, from where it sits in a shared file (the serializer process has its own, mapping each file once)."""
+    mapping = torch.from_file(file, shared=True, size=elements, dtype=getattr(torch, dtype))
+    return mapping.as_strided(shape, stride, offset)
 
 
-class _FileMapping:
-    """A whole shared file, pickled as a call of ``map_shared_file``."""
+def rebuild_from_bytes(data: bytes, dtype: str, shape: tuple) -> torch.Tensor:
+    """A tensor that travelled by value (see ``_SharingPickler``)."""
+    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+    return flat.view(getattr(torch, dtype)).reshape(shape)
 
-    def __init__(self, reference: SharedTensor) -> None:
-        self.reference = reference
+
+def _travels_by_value(tensor: torch.Tensor) -> bool:
+    # A plain, dense, contiguous host tensor whose bytes are all it holds (no autograd, no lazy conjugation).
+    return (
+        type(tensor) is torch.Tensor
+        and tensor.layout is torch.strided
+        and tensor.device.type == "cpu"
+        and not tensor.requires_grad
+        and not tensor.is_quantized
+        and not tensor.is_conj()
+        and not tensor.is_neg()
+        and tensor.is_contiguous()
+        and tensor.dtype.itemsize > 0
+    )
 
 
 class _SharingPickler(pickle.Pickler):
-    """Pickles tensors staged in ``buffers`` as views of their files' mappings, everything else as usual."""
+    """Pickles tensors so that the message holds only Python built-ins, which ``pickle`` writes in C.
+
+    A tensor staged in ``buffers`` becomes a call of ``rebuild_staged`` with its file, dtype name and
+    geometry; any other plain host tensor (the random generators' states, built fresh for every
+    save) a call of ``rebuild_from_bytes`` with its bytes.  ``torch``'s own pickling of a tensor
+    runs a ``torch.save`` of its storage and Python for every argument: with the runner's payload
+    of 30 tensors it took most of the writer thread's time, which it spends holding the GIL.
+    """
 
     def __init__(self, file: io.BytesIO, buffers: SharedBuffers) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.buffers = buffers
-        self.mappings: dict[str, _FileMapping] = {}  # one per file, so views of one buffer share it
 
     def reducer_override(self, obj: Any) -> Any:
         # Called only for objects outside pickle's fast paths (not for dicts, lists, numbers, strings).
-        if isinstance(obj, _FileMapping):
-            reference = obj.reference
+        if not isinstance(obj, torch.Tensor):
+            return NotImplemented
+        reference = self.buffers.describe(obj)
+        if reference is not None:
             elements = reference.nbytes // reference.dtype.itemsize
-            return map_shared_file, (reference.file, elements, reference.dtype)
-        if isinstance(obj, torch.Tensor):
-            reference = self.buffers.describe(obj)
-            if reference is not None:
-                mapping = self.mappings.setdefault(reference.file, _FileMapping(reference))
-                return torch.as_strided, (mapping, reference.shape, reference.stride, reference.offset)
+            geometry = (reference.offset, reference.shape, reference.stride)
+            return rebuild_staged, (reference.file, elements, _dtype_name(reference.dtype), *geometry)
+        if _travels_by_value(obj):
+            data = obj.reshape(-1).view(torch.uint8).numpy().tobytes() if obj.numel() else b""
+            return rebuild_from_bytes, (data, _dtype_name(obj.dtype), tuple(obj.shape))
         return NotImplemented
 
 
-def _dumps(value: Any, buffers: SharedBuffers) -> bytes:
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")  # the name ``getattr(torch, name)`` finds it by
+
+
+def encode_payload(payload: Any, buffers: SharedBuffers) -> bytes:
+    r"""
+    ``payload`` as the serializer process reads it: staged tensors by reference, other tensors by value.
+
+    Examples:
+        >>> buffers = SharedBuffers()
+        >>> staged = buffers.empty((2,), torch.float32)
+        >>> _ = staged.fill_(1.0)
+        >>> encoded = encode_payload({"weight": staged, "rng": torch.tensor([7], dtype=torch.uint8)}, buffers)
+        >>> pickle.loads(encoded)  # this process can read it too
+        {'weight': tensor([1., 1.]), 'rng': tensor([7], dtype=torch.uint8)}
+    """
     file = io.BytesIO()
-    _SharingPickler(file, buffers).dump(value)
+    _SharingPickler(file, buffers).dump(payload)
     return file.getvalue()
 
 

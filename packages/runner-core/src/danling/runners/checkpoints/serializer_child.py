@@ -1,9 +1,10 @@
 """The program of the checkpoint serializer process (see ``serializer.py``).
 
 Run by file path with the number of a connected socket; it imports ``torch`` and nothing of the
-training program.  It reads pickled ``(payload, path, freed)`` messages, whose staged tensors
-unpickle as views of shared-memory files (each file mapped once, until ``freed`` names it),
-writes each payload to ``path`` with ``torch.save`` and replies ``None`` or the error as text.
+training program.  It reads pickled ``(path, freed, encoded payload)`` messages, whose staged tensors
+unpickle as views of shared-memory files (each file mapped once, until ``freed`` names it) and
+whose other tensors carry their bytes, writes each payload to ``path`` with ``torch.save`` and
+replies ``None`` or the error as text.
 It ignores ``SIGINT`` and ``SIGTERM`` (the training process decides when saving stops) and exits
 at end-of-file: when the training process closes the socket or dies.
 
@@ -27,19 +28,34 @@ IN_MEMORY_BYTES = 64 * 2**20
 
 
 def mapped(file: str, elements: int, dtype: torch.dtype) -> torch.Tensor:
-    """The whole shared ``file`` as a flat tensor (unpickling calls this for every staged tensor)."""
+    """The whole shared ``file`` as a flat tensor, mapped on first use."""
     tensor = MAPPED.get(file)
     if tensor is None:
         tensor = MAPPED[file] = torch.from_file(file, shared=True, size=elements, dtype=dtype)
     return tensor
 
 
+def rebuild_staged(file: str, elements: int, dtype: str, offset: int, shape: tuple, stride: tuple) -> torch.Tensor:
+    """A staged tensor: a view of its shared file (unpickling calls this for every staged tensor)."""
+    return mapped(file, elements, getattr(torch, dtype)).as_strided(shape, stride, offset)
+
+
+def rebuild_from_bytes(data: bytes, dtype: str, shape: tuple) -> torch.Tensor:
+    """A tensor sent by value."""
+    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+    return flat.view(getattr(torch, dtype)).reshape(shape)
+
+
+#: The training process's rebuilding functions, by name: this process resolves them to its own.
+REBUILDERS = {"rebuild_staged": rebuild_staged, "rebuild_from_bytes": rebuild_from_bytes}
+
+
 class Unpickler(pickle.Unpickler):
-    """Resolves the training process's ``map_shared_file`` to ``mapped`` (without importing its package)."""
+    """Resolves the training process's rebuilding functions to this module's (without importing its package)."""
 
     def find_class(self, module: str, name: str) -> object:
-        if module == "danling.runners.checkpoints.serializer" and name == "map_shared_file":
-            return mapped
+        if module == "danling.runners.checkpoints.serializer" and name in REBUILDERS:
+            return REBUILDERS[name]
         return super().find_class(module, name)
 
 
@@ -61,9 +77,10 @@ def serve(connection: Connection) -> None:
         except (EOFError, OSError):
             return
         try:
-            payload, path, freed = Unpickler(io.BytesIO(message)).load()
+            path, freed, encoded = pickle.loads(message)
             for file in freed:
                 MAPPED.pop(file, None)
+            payload = Unpickler(io.BytesIO(encoded)).load()
             write(payload, path)
             del payload
             reply = None

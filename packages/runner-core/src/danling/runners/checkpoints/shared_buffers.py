@@ -103,6 +103,10 @@ class SharedBuffers:
             path, storage.nbytes(), tensor.dtype, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride())
         )
 
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor``'s data sits in one of these buffers whose file still exists."""
+        return tensor.untyped_storage().data_ptr() in self._files
+
     def take_freed(self) -> list[str]:
         """Files of buffers dropped since the last call: a process that mapped them may let them go."""
         freed = []
