@@ -12,9 +12,10 @@ CPU thread per process, two processes joined by gloo on loopback.
 - ``runner (quiet)``: ``TorchRunner`` (it wraps the model in DDP itself) with ``log=False`` and
   ``checkpoint.load_only=True``: no log file, no checkpoint writes; progress lines still
   printed, to a null stream here.  Target: at most 1.05x the DDP loop.
-- ``runner (default)``: ``TorchRunner`` with its default config: a log file, progress lines and,
-  since the run is distributed, asynchronous DCP checkpoints about every 20th of the run (the
-  final save is written while the runner closes, which is not timed).
+- ``runner (default)``: ``TorchRunner`` with its default config: a log file, progress lines and
+  asynchronous checkpoints about every 20th of the run, which rank 0 writes as files
+  (``checkpoint.backend="auto"`` is ``file`` for DDP; the final save is written while the runner
+  closes, which is not timed).
 - ``runner (no lines)``: the quiet runner with ``log_interval=0`` (no progress lines).  Each
   progress line (one every 2 steps here) averages the meters over the ranks; the sums ride the
   next step's gradient all-reduce (``WindowTotalHook.carry_values``) and the line is printed after

@@ -22,8 +22,8 @@ from typing import Any
 
 from .config_fields import Field, OpenSection, Section
 
-#: ``checkpoint.backend`` values.  ``auto`` lets the runner pick ``dcp`` for distributed runs
-#: and ``file`` otherwise.
+#: ``checkpoint.backend`` values.  ``auto`` is the runner class's own choice: ``file`` for
+#: ``TorchRunner`` (one process and DDP), ``dcp`` for ``ParallelRunner``.
 CHECKPOINT_BACKENDS = ("auto", "file", "dcp")
 #: ``checkpoint.async_mode`` values.
 ASYNC_MODES = ("async", "async_with_pinned_mem", "disabled")
