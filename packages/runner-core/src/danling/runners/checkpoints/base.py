@@ -387,7 +387,7 @@ class CheckpointManager:
         finally:
             if self._staging is not None and request.staged:
                 self._staging.release(request.staged)
-                request.staged, request.payload = [], {}
+                request.staged, request.payload, request.encoded = [], {}, None
 
     def _persist(self, request: SaveRequest) -> None:
         """Write ``request`` (and its aliases) to storage.  Backends implement this."""
